@@ -1,0 +1,50 @@
+"""`picochat`: one command, one subcommand per stage.
+
+Each stage's module exposes `register(subparsers)`, which adds its parser and sets
+`func` to the function that runs it. Add a stage by appending its module here.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from picochat import __version__
+from picochat.errors import PicochatError
+
+COMMAND_MODULES = [
+    # "picochat.lab.plan_cli",  (each helper/stage appends its module here)
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="picochat",
+        description="Train a chat LLM from scratch: data, tokenizer, pretraining, evals, SFT, RL, inference, chat.",
+    )
+    parser.add_argument("--version", action="version", version=f"picochat {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except PicochatError as e:
+        print(f"picochat {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"picochat {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

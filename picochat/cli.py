@@ -14,6 +14,8 @@ from picochat.errors import PicochatError
 
 COMMAND_MODULES = [
     # "picochat.lab.plan_cli",  (each helper/stage appends its module here)
+    "picochat.plan_cli",
+    "picochat.tokenizer.cli",
 ]
 
 

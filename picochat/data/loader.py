@@ -1,0 +1,305 @@
+"""The pretraining loader: row groups → tokenised documents → BOS-aligned packed rows → batches.
+
+Data path. Rank r of W reads row groups r, r+W, r+2W, ... of the split's global row-group
+order (shard by shard), so ranks see disjoint data; it loops over them forever, counting
+epochs. A background thread reads and tokenises row groups ahead of the trainer (tiktoken
+releases the GIL) into a small bounded queue; the consumer thread (the trainer's) owns the
+packing buffer and packs rows (picochat/data/packing.py). Which thread tokenised a row group
+never matters: the consumer takes them in order, so the batches are a pure function of
+(dataset, tokenizer, split, batch_size, seq_len, rank, world_size, mode, buffer_docs, state).
+
+Resume state (`LoaderState`, what `state_dict()` returns) is the consumer's view, never the
+prefetcher's, so it is exact:
+- `epoch`, `position`: the next row group this rank has not received yet
+  (index `position` into the rank's strided row-group list, in epoch `epoch`);
+- `buffer`: the documents received but not yet packed, in arrival order, as runs
+  `[shard, row_group, [doc_index, ...]]`. A document is either buffered whole or gone
+  (crops discard the remainder), so ids are enough: resuming re-reads and re-tokenises
+  those documents, rebuilding the same buffer, and the next batch is the one the
+  original loader would have yielded;
+- the running counters behind `stats()`.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from picochat.data.packing import MODES, fill_row, new_buffer
+from picochat.errors import PicochatError
+
+PREFETCH_ROW_GROUPS = 4  # ~4k documents ahead: enough to hide tokenisation, small in memory
+INT32_MAX = 2**31 - 1
+
+
+class LoaderConfigError(PicochatError):
+    """A loader setting (batch size, sequence length, mode, rank, state) that cannot work."""
+
+
+@dataclass
+class LoaderState:
+    """The exact position of a `PackedLoader` (see the module docstring). JSON-able via `asdict`."""
+    dataset: str
+    split: str
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    position: int = 0
+    buffer: list = field(default_factory=list)  # [[shard, row_group, [doc_index, ...]], ...]
+    rows: int = 0
+    tokens: int = 0            # document tokens placed in rows
+    cropped_tokens: int = 0    # document tokens discarded by crops
+    documents: int = 0         # documents placed (whole or cropped)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoaderState":
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise LoaderConfigError(f"loader state {d!r} is not a PackedLoader state_dict(): {e}") from e
+
+
+@dataclass
+class TokenizedRowGroup:
+    epoch: int
+    position: int
+    shard: int
+    row_group: int
+    docs: list[np.ndarray]
+
+
+def rank_row_groups(row_group_counts: list[int], rank: int, world_size: int) -> list[tuple[int, int]]:
+    """(shard, row_group) pairs of rank `rank`: every world_size-th of the split's global order."""
+    everything = [(s, g) for s, count in enumerate(row_group_counts) for g in range(count)]
+    return everything[rank::world_size]
+
+
+def tokenize_documents(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """[BOS] + tokens of each text, as int32 views into one flat array (cheap to copy into rows)."""
+    lists = tokenizer.encode_batch(texts, prepend_bos=True)
+    lengths = [len(t) for t in lists]
+    flat = np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=sum(lengths))
+    ends = np.cumsum(lengths).tolist()
+    return [flat[end - n:end] for n, end in zip(lengths, ends)]
+
+
+def tokenized_row_groups(dataset, tokenizer, split: str, row_groups: list[tuple[int, int]],
+                         epoch: int, position: int) -> Iterator[TokenizedRowGroup]:
+    """This rank's row groups, tokenised, in order from (epoch, position), forever."""
+    while True:
+        shard, row_group = row_groups[position]
+        docs = tokenize_documents(tokenizer, dataset.read_row_group(split, shard, row_group))
+        yield TokenizedRowGroup(epoch, position, shard, row_group, docs)
+        epoch, position = next_position(epoch, position, len(row_groups))
+
+
+def next_position(epoch: int, position: int, n_row_groups: int) -> tuple[int, int]:
+    position += 1
+    return (epoch + 1, 0) if position == n_row_groups else (epoch, position)
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class Prefetcher:
+    """Runs an iterator in a daemon thread, `depth` items ahead, re-raising its errors on `get()`."""
+
+    def __init__(self, source: Iterator, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True, name="picochat-loader")
+        self._thread.start()
+
+    def _run(self, source: Iterator) -> None:
+        try:
+            for item in source:
+                if not self._put(item):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._put(_Failure(e))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self):
+        item = self._queue.get()
+        if isinstance(item, _Failure):
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _validate(tokenizer, batch_size: int, seq_len: int, rank: int, world_size: int, mode: str,
+              buffer_docs: int) -> None:
+    if batch_size < 1:
+        raise LoaderConfigError(f"batch size {batch_size} must be at least 1 row")
+    if seq_len < 2:
+        raise LoaderConfigError(f"sequence length {seq_len} must be at least 2 tokens")
+    if mode not in MODES:
+        raise LoaderConfigError(f"packing mode {mode!r} is not known; use one of {', '.join(MODES)}")
+    if buffer_docs < 1:
+        raise LoaderConfigError(f"buffer_docs {buffer_docs} must be at least 1 document")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise LoaderConfigError(f"rank {rank} is not within world size {world_size}")
+    if not 0 < tokenizer.vocab_size <= INT32_MAX:
+        raise LoaderConfigError(
+            f"tokenizer {getattr(tokenizer, 'name', '?')!r} has vocab size {tokenizer.vocab_size}, which does "
+            f"not fit int32 token ids; train a tokenizer with a vocab size below {INT32_MAX}")
+
+
+class PackedLoader:
+    """Yields (inputs, targets) int64 [batch_size, seq_len] on `device`, forever (module docstring)."""
+
+    def __init__(self, dataset, tokenizer, split: str, batch_size: int, seq_len: int, rank: int = 0,
+                 world_size: int = 1, mode: str = "bestfit", buffer_docs: int = 1000,
+                 device: torch.device | str = "cpu", state: LoaderState | dict | None = None,
+                 background: bool = True):
+        _validate(tokenizer, batch_size, seq_len, rank, world_size, mode, buffer_docs)
+        self.dataset, self.tokenizer, self.split = dataset, tokenizer, split
+        self.batch_size, self.seq_len, self.row_len = batch_size, seq_len, seq_len + 1
+        self.mode, self.device, self.background = mode, torch.device(device), background
+        # best fit tops the buffer up before every pick (as nanochat does); greedy needs only the next doc
+        self._min_buffered = buffer_docs if mode == "bestfit" else 1
+        self._row_groups = rank_row_groups(dataset.row_group_counts(split), rank, world_size)
+        if not self._row_groups:
+            raise LoaderConfigError(
+                f"dataset {dataset.name!r} split {split!r} has fewer row groups than the {world_size} ranks, so "
+                f"rank {rank} gets none; use fewer ranks or rebuild the dataset with more, smaller row groups")
+        self._state = self._initial_state(state, rank, world_size)
+        self._buffer = new_buffer(mode)
+        self._rebuild_buffer(self._state.buffer)
+        self._source = None  # started on the first batch, at the consumer's cursor
+        self._empty_streak = 0
+
+    def _initial_state(self, state, rank: int, world_size: int) -> LoaderState:
+        fresh = LoaderState(dataset=self.dataset.name, split=self.split, rank=rank, world_size=world_size)
+        if state is None:
+            return fresh
+        state = LoaderState.from_dict(state) if isinstance(state, dict) else LoaderState(**asdict(state))
+        for key in ("dataset", "split", "rank", "world_size"):
+            if getattr(state, key) != getattr(fresh, key):
+                raise LoaderConfigError(
+                    f"loader state was saved with {key}={getattr(state, key)!r} but this loader has "
+                    f"{key}={getattr(fresh, key)!r}; resume with the same {key} or start without the state")
+        if not 0 <= state.position < len(self._row_groups):
+            raise LoaderConfigError(f"loader state position {state.position} is outside this rank's "
+                                    f"{len(self._row_groups)} row groups; was the dataset rebuilt?")
+        return state
+
+    def _rebuild_buffer(self, runs: list) -> None:
+        for shard, row_group, doc_indices in runs:
+            texts = self.dataset.read_row_group(self.split, shard, row_group)
+            docs = tokenize_documents(self.tokenizer, [texts[i] for i in doc_indices])
+            for i, doc in zip(doc_indices, docs):
+                self._buffer.add((shard, row_group, i), doc)
+
+    # --- the consumer side: receive row groups, pack rows -------------------------------
+
+    def _next_row_group(self) -> TokenizedRowGroup:
+        if self._source is None:
+            source = tokenized_row_groups(self.dataset, self.tokenizer, self.split, self._row_groups,
+                                          self._state.epoch, self._state.position)
+            self._source = Prefetcher(source, PREFETCH_ROW_GROUPS) if self.background else source
+        return self._source.get() if self.background else next(self._source)
+
+    def _refill(self) -> bool:
+        item = self._next_row_group()
+        self._state.epoch, self._state.position = next_position(item.epoch, item.position, len(self._row_groups))
+        for i, doc in enumerate(item.docs):
+            self._buffer.add((item.shard, item.row_group, i), doc)
+        self._empty_streak = 0 if item.docs else self._empty_streak + 1
+        if self._empty_streak >= len(self._row_groups) and len(self._buffer) == 0:
+            raise PicochatError(f"dataset {self.dataset.name!r} split {self.split!r} has no documents in rank "
+                                f"{self._state.rank}'s row groups; rebuild it with documents in every row group")
+        return True
+
+    def _pack_batch(self) -> np.ndarray:
+        batch = np.empty((self.batch_size, self.row_len), dtype=np.int64)
+        s = self._state
+        for row in batch:
+            placements = fill_row(self._buffer, self.row_len, self._min_buffered, self._refill)
+            start = 0
+            for p in placements:
+                row[start:start + p.taken] = p.tokens[:p.taken]
+                start += p.taken
+                s.cropped_tokens += p.cropped
+            s.tokens += start
+            s.documents += len(placements)
+        s.rows += self.batch_size
+        return batch
+
+    def _to_device(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.from_numpy(batch)
+        if self.device.type != "cuda":
+            return rows[:, :-1].contiguous().to(self.device), rows[:, 1:].contiguous().to(self.device)
+        # pinned staging + non_blocking: the copy overlaps the step; torch's caching host allocator
+        # keeps a pinned block alive until its copy is done, so a fresh block per batch is safe
+        staged = torch.empty((2, self.batch_size, self.seq_len), dtype=torch.int64, pin_memory=True)
+        staged[0].copy_(rows[:, :-1])
+        staged[1].copy_(rows[:, 1:])
+        on_device = staged.to(self.device, non_blocking=True)
+        return on_device[0], on_device[1]
+
+    def __iter__(self) -> "PackedLoader":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._to_device(self._pack_batch())
+
+    # --- state and statistics ----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The exact position after the last batch yielded (module docstring); small and JSON-able."""
+        runs: list = []
+        for shard, row_group, i in self._buffer.doc_ids():
+            if runs and runs[-1][0] == shard and runs[-1][1] == row_group:
+                runs[-1][2].append(i)
+            else:
+                runs.append([shard, row_group, [i]])
+        return asdict(self._state) | {"buffer": runs}
+
+    def stats(self) -> dict:
+        s = self._state
+        capacity = s.rows * self.row_len
+        taken = s.tokens + s.cropped_tokens
+        return {
+            "utilization": s.tokens / capacity if capacity else 0.0,  # real tokens / row capacity: 1.0, no padding
+            "crop_fraction": s.cropped_tokens / taken if taken else 0.0,  # discarded / taken from documents
+            "rows": s.rows,
+            "tokens": s.tokens,
+            "cropped_tokens": s.cropped_tokens,
+            "documents": s.documents,
+        }
+
+    def close(self) -> None:
+        if isinstance(self._source, Prefetcher):
+            self._source.close()
+        self._source = None
+
+    def __enter__(self) -> "PackedLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

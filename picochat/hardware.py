@@ -1,0 +1,59 @@
+"""Peak dense matmul throughput per accelerator, for MFU and time estimates (no torch needed).
+
+Figures are the vendors' dense (no sparsity) tensor-core peaks, as collected in the facts
+file (Optimizer section): MFU is reported against the bf16 peak, also when training in fp8.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from picochat.errors import PicochatError
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    bf16_flops: float
+    fp8: bool  # Hopper, Ada and Blackwell have fp8 tensor cores at twice the bf16 rate
+
+
+# Matched as substrings of torch.cuda.get_device_name(), first match wins: the specific
+# variants ("H100 NVL", "H100 PCIe", "L40S") come before the names they contain.
+PEAK_FLOPS: dict[str, Accelerator] = {
+    "H100 NVL": Accelerator(835e12, fp8=True),
+    "H100 PCIe": Accelerator(756e12, fp8=True),
+    "H100": Accelerator(989e12, fp8=True),  # SXM
+    "H200": Accelerator(989e12, fp8=True),
+    "GH200": Accelerator(989e12, fp8=True),
+    "B200": Accelerator(2.25e15, fp8=True),
+    "A100": Accelerator(312e12, fp8=False),
+    "L40S": Accelerator(362e12, fp8=True),
+    "L4": Accelerator(121e12, fp8=True),
+}
+
+# Relative to bf16: fp16 tensor cores run at the bf16 rate; fp32 matmuls run as TF32 at half of it
+# (A100 156 vs 312, H100 494 vs 989 TFLOP/s dense).
+DTYPE_FACTOR = {"bfloat16": 1.0, "float16": 1.0, "float32": 0.5, "float8": 2.0, "fp8": 2.0}
+
+
+def find_accelerator(device_name: str) -> tuple[str, Accelerator] | None:
+    for key, accelerator in PEAK_FLOPS.items():
+        if key.lower() in device_name.lower():
+            return key, accelerator
+    return None
+
+
+def peak_flops(device_name: str, dtype="bfloat16") -> float | None:
+    """Peak FLOP/s of one device (a name like torch.cuda.get_device_name() gives) in `dtype`
+    (a string or a torch.dtype); None for a device not in the table (CPU, MPS, unknown GPUs)."""
+    found = find_accelerator(device_name)
+    if found is None:
+        return None
+    key, accelerator = found
+    dtype_name = str(dtype).removeprefix("torch.")
+    if dtype_name.startswith("float8"):
+        dtype_name = "float8"
+    if dtype_name not in DTYPE_FACTOR:
+        raise PicochatError(f"no peak FLOP/s for dtype {dtype_name!r}; known: {', '.join(DTYPE_FACTOR)}")
+    if DTYPE_FACTOR[dtype_name] == 2.0 and not accelerator.fp8:
+        raise PicochatError(f"{device_name} ({key}) has no fp8 tensor cores; use bfloat16")
+    return accelerator.bf16_flops * DTYPE_FACTOR[dtype_name]

@@ -1,0 +1,196 @@
+"""The GPT network: a decoder-only transformer whose every size follows from `GPTConfig`.
+
+Precision is explicit (seed §7): each `Linear` keeps an fp32 master weight and casts it to the dtype of
+its input, so the compute dtype is simply the dtype of the activations. Nothing else changes precision
+except the logits, which are soft-capped and returned in fp32.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from picochat.model.accounting import VE_GATE_CHANNELS
+from picochat.model.attention import causal_attention
+from picochat.model.config import GPTConfig
+from picochat.model.kv_cache import KVCache
+
+QK_SCALE = 1.2  # q and k are multiplied by it after QK-norm (nanochat)
+ROTARY_MARGIN = 10  # rotary tables cover 10x max_seq_len, so inference may run past the training length
+
+
+class Linear(nn.Linear):
+    """A bias-free linear layer with an fp32 master weight, computed in the dtype of its input."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False, dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free RMSNorm over the last dimension."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(head_dim: int, length: int, base: float, dtype: torch.dtype, device=None):
+    """cos and sin of shape [1, length, 1, head_dim/2], broadcasting over batch and heads."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos().to(dtype)[None, :, None, :], angles.sin().to(dtype)[None, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + head_dim/2) of x [B, T, H, head_dim] by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int, window: int):
+        super().__init__()
+        self.layer, self.window = layer, window
+        self.n_heads, self.kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        width, kv_width = config.width, config.kv_heads * config.head_dim
+        self.c_q = Linear(width, config.n_heads * config.head_dim)
+        self.c_k = Linear(width, kv_width)
+        self.c_v = Linear(width, kv_width)
+        self.c_proj = Linear(width, width)
+        self.ve_gate = Linear(VE_GATE_CHANNELS, config.kv_heads) if config.has_value_embedding(layer) else None
+        # QK-norm makes q and k unit-RMS; scaling both by QK_SCALE scales their dot product by its square
+        self.scale = QK_SCALE ** 2 / math.sqrt(config.head_dim)
+
+    def forward(self, x, value_embed, cos, sin, kv_cache: KVCache | None):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.c_k(x).view(B, T, self.kv_heads, self.head_dim)
+        v = self.c_v(x).view(B, T, self.kv_heads, self.head_dim)
+        if value_embed is not None:
+            gate = 3 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))  # [B, T, kv_heads], in (0, 3)
+            v = v + gate.unsqueeze(-1) * value_embed.view(B, T, self.kv_heads, self.head_dim)
+        q = apply_rotary(norm(q), cos, sin).transpose(1, 2)  # [B, H, T, hd] for attention
+        k = apply_rotary(norm(k), cos, sin).transpose(1, 2)
+        v = v.transpose(1, 2)
+        q_start = 0
+        if kv_cache is not None:
+            q_start = kv_cache.pos
+            k, v = kv_cache.store(self.layer, k, v)
+        y = causal_attention(q, k, v, self.window, q_start, self.scale)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = Linear(config.width, 4 * config.width)
+        self.c_proj = Linear(4 * config.width, config.width)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU², better than SwiGLU here (seed §4)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int, window: int):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer, window)
+        self.mlp = MLP(config)
+
+    def forward(self, x, value_embed, cos, sin, kv_cache):
+        x = x + self.attn(norm(x), value_embed, cos, sin, kv_cache)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig, compute_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config, self.compute_dtype = config, compute_dtype
+        # embeddings are stored in the compute dtype, except fp32 under fp16 (whose range is too small for them)
+        embed_dtype = torch.float32 if compute_dtype == torch.float16 else compute_dtype
+        vocab, width, kv_width = config.padded_vocab_size, config.width, config.kv_heads * config.head_dim
+        self.wte = nn.Embedding(vocab, width, dtype=embed_dtype)
+        self.value_embeds = nn.ModuleDict({
+            str(i): nn.Embedding(vocab, kv_width, dtype=embed_dtype)
+            for i in range(config.n_layers) if config.has_value_embedding(i)})
+        self.blocks = nn.ModuleList(Block(config, i, window) for i, window in enumerate(config.window_sizes()))
+        self.lm_head = Linear(width, vocab)
+        self.resid_lambdas = nn.Parameter(torch.empty(config.n_layers))
+        self.x0_lambdas = nn.Parameter(torch.empty(config.n_layers))
+        cos, sin = self._rotary_tables()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _rotary_tables(self, device=None):
+        cfg = self.config
+        return rotary_tables(cfg.head_dim, ROTARY_MARGIN * cfg.max_seq_len, cfg.rope_base, self.compute_dtype, device)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter and buffer in place (also after building on the meta device + `to_empty`)."""
+        cfg = self.config
+        for embedding in (self.wte, *self.value_embeds.values()):
+            nn.init.normal_(embedding.weight, std=0.8)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        bound = math.sqrt(3 / cfg.width)  # uniform on ±bound has std 1/sqrt(fan_in)
+        for block in self.blocks:
+            attn, mlp = block.attn, block.mlp
+            for linear in (attn.c_q, attn.c_k, attn.c_v):
+                nn.init.uniform_(linear.weight, -bound, bound)
+            nn.init.uniform_(mlp.c_fc.weight, -0.4 * bound, 0.4 * bound)
+            nn.init.zeros_(attn.c_proj.weight)  # each block starts as the identity
+            nn.init.zeros_(mlp.c_proj.weight)
+            if attn.ve_gate is not None:
+                nn.init.uniform_(attn.ve_gate.weight, 0.0, 0.02)
+        self.resid_lambdas.copy_(torch.linspace(1.15, 1.05, cfg.n_layers))
+        self.x0_lambdas.copy_(torch.linspace(0.20, 0.05, cfg.n_layers))
+        cos, sin = self._rotary_tables(self.cos.device)
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, loss_reduction: str = "mean") -> torch.Tensor:
+        """Logits [B, T, vocab_size] in fp32, or the cross-entropy against `targets` (ignoring -1)."""
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.cos.size(1):
+            raise ValueError(f"position {start + T} is past the rotary tables ({self.cos.size(1)} positions)")
+        cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
+        x = x0 = norm(self.wte(idx).to(self.compute_dtype))
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            value_embed = self.value_embeds[str(i)](idx).to(self.compute_dtype) if str(i) in self.value_embeds else None
+            x = block(x, value_embed, cos, sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(norm(x))[..., :self.config.vocab_size].float()  # padded vocab rows dropped
+        softcap = self.config.softcap
+        logits = torch.tanh(logits / softcap) * softcap  # soft-cap in fp32
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=-1, reduction=loss_reduction)
+        return loss.view(B, T) if loss_reduction == "none" else loss
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The optimizer's groups (ARCHITECTURE.md); every parameter is in exactly one."""
+        return {
+            "matrix": [p for block in self.blocks for p in block.parameters()],
+            "embedding": [self.wte.weight],
+            "value_embedding": list(self.value_embeds.parameters()),
+            "lm_head": [self.lm_head.weight],
+            "resid_lambda": [self.resid_lambdas],
+            "x0_lambda": [self.x0_lambdas],
+        }
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate_greedy(self, idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """Append `num_tokens` argmax tokens to idx [B, T], recomputing the whole sequence each step (for tests)."""
+        for _ in range(num_tokens):
+            next_token = self(idx)[:, -1].argmax(dim=-1, keepdim=True)
+            idx = torch.cat((idx, next_token), dim=1)
+        return idx

@@ -1,0 +1,87 @@
+"""Model FLOPs utilisation: the peak to divide by, and why MFU is low when it is (seed §5).
+
+MFU = flops_per_token x tokens/s / (peak x devices). GPU peaks come from the datasheet
+table (always the bf16 dense peak, also under fp8, as nanochat reports it); on CPU there is
+no datasheet, so the peak is measured once at start by timing a large fp32 matmul.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+# Dense bf16 FLOP/s from the vendors' datasheets (reference facts, "Peak table").
+BF16_PEAK_FLOPS = {
+    "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12,
+    "A100": 312e12, "L40S": 362e12, "L4": 121e12, "B200": 2.25e15,
+}
+HEALTHY_MFU = 0.40  # seed §5: "train/mfu should be >40%"
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    """Longest matching key first, so "H100 NVL" is not read as "H100"."""
+    for key in sorted(BF16_PEAK_FLOPS, key=len, reverse=True):
+        if key.lower() in device_name.lower():
+            return BF16_PEAK_FLOPS[key]
+    return None
+
+
+def measure_matmul_flops(device: torch.device | str = "cpu", size: int = 1024, repeats: int = 5,
+                         dtype: torch.dtype = torch.float32) -> float:
+    """The best of `repeats` timed size x size matmuls, in FLOP/s (2·n³ per matmul)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first one warms up
+        start = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def peak_flops(device: torch.device, device_name: str) -> tuple[float, str]:
+    """(peak FLOP/s per device, where it came from)."""
+    if device.type == "cuda":
+        peak = gpu_peak_flops(device_name)
+        if peak is not None:
+            return peak, f"datasheet bf16 peak of {device_name}"
+        return measure_matmul_flops(device, 8192, dtype=torch.bfloat16), f"measured bf16 matmul on {device_name}"
+    return measure_matmul_flops(device), f"measured fp32 matmul on {device.type}"
+
+
+def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak: float, world_size: int) -> float:
+    return flops_per_token * tokens_per_sec / (peak * world_size)
+
+
+def diagnose_low_mfu(mfu: float, data_wait_fraction: float, memory_used: float, memory_total: float,
+                     collective_fraction: float, device_batch_size: int) -> list[str]:
+    """Reasons, with their numbers, for an MFU under 40%; empty when MFU is healthy (seed §5)."""
+    if mfu >= HEALTHY_MFU:
+        return []
+    reasons = [f"MFU {100 * mfu:.1f}% is under {100 * HEALTHY_MFU:.0f}%; measured:"]
+    reasons.append(f"  waiting for data: {100 * data_wait_fraction:.1f}% of step time"
+                   + (" (the loader is a bottleneck)" if data_wait_fraction > 0.05 else ""))
+    used = memory_used / memory_total if memory_total else 0.0
+    line = f"  device memory in use: {memory_used / 2**30:.1f} of {memory_total / 2**30:.1f} GiB ({100 * used:.0f}%)"
+    if used < 0.5:
+        line += f"; the micro-batch is small for this device: try --device-batch-size {2 * device_batch_size}"
+    reasons.append(line)
+    reasons.append(f"  collectives: about {100 * collective_fraction:.1f}% of step time"
+                   + (" (communication-bound: fewer, larger steps help)" if collective_fraction > 0.1 else ""))
+    return reasons
+
+
+def measure_collective_seconds(numel: int, device: torch.device, dtype: torch.dtype) -> float:
+    """Time one all-reduce of a gradient-sized buffer: the communication a step cannot avoid."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0.0
+    buffer = torch.zeros(numel, device=device, dtype=dtype)
+    dist.all_reduce(buffer)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    dist.all_reduce(buffer)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

@@ -1,0 +1,155 @@
+"""Before any compute: check the inputs, resolve the config from the plan, record provenance.
+
+Every refusal here (missing dataset or tokenizer, a batch that does not divide, a resume
+without a checkpoint or with another model shape) happens before a model is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import picochat
+from picochat.checkpoint import latest_checkpoint, list_checkpoints, read_meta, run_dir
+from picochat.config import format_config, save_config
+from picochat.data.dataset import Dataset, open_dataset
+from picochat.errors import PicochatError
+from picochat.runtime import Runtime, print0
+from picochat.scaling import Plan, make_plan
+from picochat.tokenizer import Tokenizer
+from picochat.train.build import check_fp8, model_config
+from picochat.train.config import LR_FIELDS, SHAPE_FIELDS, TrainConfig
+
+
+@dataclass
+class RunSetup:
+    cfg: TrainConfig  # resolved: no field is None except n_kv_heads (= n_heads)
+    plan: Plan
+    dataset: Dataset
+    tokenizer: Tokenizer
+    run_dir: Path
+    resume_from: Path | None
+    grad_accum_steps: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.total_batch_size
+
+    @property
+    def flops_per_step(self) -> float:
+        return float(self.plan.flops_per_token) * self.cfg.total_batch_size
+
+
+def default_explicit(cfg: TrainConfig) -> set[str]:
+    """For programmatic calls: the fields that differ from the dataclass defaults count as given."""
+    return {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default}
+
+
+def merge_resumed(cfg: TrainConfig, saved: dict, explicit: set[str], checkpoint: Path) -> TrainConfig:
+    """The saved run's config, with the flags given now on top; a changed model shape is refused."""
+    changed = [f"--{name.replace('_', '-')} {saved[name]} -> {getattr(cfg, name)}"
+               for name in SHAPE_FIELDS if name in explicit and getattr(cfg, name) != saved[name]]
+    if changed:
+        raise PicochatError(f"--resume cannot change the model shape of {checkpoint} ({'; '.join(changed)}); "
+                            f"drop those flags to resume, or start a new run with --run NEW")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    values.update({name: getattr(cfg, name) for name in explicit})
+    return TrainConfig(**values)
+
+
+def find_resume_checkpoint(cfg: TrainConfig, run: Path) -> Path:
+    found = latest_checkpoint(run)
+    if found is None:
+        raise PicochatError(f"--resume: run {cfg.run_name()!r} has no checkpoint in {run / 'checkpoints'}; "
+                            f"start it without --resume (or name the run with --run)")
+    return found
+
+
+def check_batch(total: int, device_batch_size: int, seq_len: int, world_size: int) -> int:
+    """Gradient-accumulation steps that reach `total` tokens; refuses a total that does not divide."""
+    per_micro_step = device_batch_size * seq_len * world_size
+    if total % per_micro_step:
+        lower = max(per_micro_step, total // per_micro_step * per_micro_step)
+        raise PicochatError(
+            f"--total-batch-size {total} is not a multiple of device_batch_size x max_seq_len x world_size = "
+            f"{device_batch_size} x {seq_len} x {world_size} = {per_micro_step}; use --total-batch-size {lower} "
+            f"or {lower + per_micro_step}, or change --device-batch-size")
+    return total // per_micro_step
+
+
+def resolve(cfg: TrainConfig, plan: Plan, tokenizer: Tokenizer, runtime: Runtime) -> TrainConfig:
+    derived = {
+        "tokenizer": tokenizer.name, "run": cfg.run_name(), "num_iterations": plan.num_steps,
+        "total_batch_size": plan.total_batch_size, "weight_decay": plan.weight_decay,
+        "warmup_steps": plan.warmup_steps, "ratio": plan.constants.ratio,
+        "device": runtime.device.type, "dtype": str(runtime.dtype).removeprefix("torch."),
+        "compile": runtime.device.type == "cuda",
+        **{field: plan.learning_rates[group] for group, field in LR_FIELDS.items()},
+    }
+    return dataclasses.replace(cfg, **{k: v for k, v in derived.items() if getattr(cfg, k) is None})
+
+
+def load_tokenizer(cfg: TrainConfig) -> Tokenizer:
+    return Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else Tokenizer.default_for_dataset(cfg.dataset)
+
+
+def prepare_run(cfg: TrainConfig, explicit: set[str] | None, runtime: Runtime) -> RunSetup:
+    explicit = default_explicit(cfg) if explicit is None else explicit
+    run = run_dir(cfg.run_name())
+    resume_from = find_resume_checkpoint(cfg, run) if cfg.resume else None
+    if resume_from is not None:
+        cfg = merge_resumed(cfg, read_meta(resume_from)["run_config"], explicit, resume_from)
+    elif list_checkpoints(run):
+        raise PicochatError(f"run {cfg.run_name()!r} already has checkpoints in {run / 'checkpoints'}; "
+                            f"pass --resume to continue it, or --run NEW for a new run")
+    dataset = open_dataset(cfg.dataset)
+    tokenizer = load_tokenizer(cfg)
+    shape = model_config(cfg, tokenizer.vocab_size)
+    if resume_from is not None:
+        check_same_shape(dataclasses.asdict(shape), read_meta(resume_from)["model_config"], resume_from)
+    plan = make_plan(cfg.depth, tokenizer.vocab_size, cfg.aspect_ratio, cfg.head_dim, cfg.max_seq_len,
+                     cfg.window_pattern, cfg.ratio, cfg.total_batch_size, cfg.num_iterations,
+                     n_kv_heads=cfg.n_kv_heads)
+    cfg = resolve(cfg, plan, tokenizer, runtime)
+    accum = check_batch(cfg.total_batch_size, cfg.device_batch_size, cfg.max_seq_len, runtime.world_size)
+    if cfg.fp8:
+        check_fp8(runtime, cfg.compile)
+    record_run(cfg, run, runtime)
+    return RunSetup(cfg, plan, dataset, tokenizer, run, resume_from, accum)
+
+
+def check_same_shape(now: dict, saved: dict, checkpoint: Path) -> None:
+    diff = [f"{k}: {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
+    if diff:
+        raise PicochatError(f"--resume: the model would differ from the one in {checkpoint} ({'; '.join(diff)}); "
+                            f"resume with the original tokenizer and shape, or start a new run with --run NEW")
+
+
+def git_provenance() -> dict:
+    repo = Path(picochat.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def record_run(cfg: TrainConfig, run: Path, runtime: Runtime) -> None:
+    """Print the resolved config; rank 0 saves config.json and env.json (provenance) in the run dir."""
+    print0(format_config(cfg, title=f"train config ({run})"))
+    if not runtime.is_master:
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.json")
+    env = {"picochat": picochat.__version__, **git_provenance(), "torch": torch.__version__,
+           "python": platform.python_version(), **runtime.describe()}
+    (run / "env.json").write_text(json.dumps(env, indent=2) + "\n")

@@ -43,11 +43,15 @@ def take_chars(documents: Iterator[str], num_chars: int) -> list[str]:
     return taken
 
 
-def throughput(encode, texts: list[str], num_bytes: int) -> tuple[float, list]:
+def throughput(encode, texts: list[str], num_bytes: int, repeats: int) -> tuple[float, list]:
+    """Best of `repeats` runs in MB/s (the machine is shared, so the best run is the least disturbed)."""
     encode(texts[:50])  # warm-up: thread pools, caches
-    started = time.perf_counter()
-    encoded = encode(texts)
-    return num_bytes / 1e6 / (time.perf_counter() - started), encoded
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encoded = encode(texts)
+        best = min(best, time.perf_counter() - started)
+    return num_bytes / 1e6 / best, encoded
 
 
 def main() -> int:
@@ -57,6 +61,7 @@ def main() -> int:
     parser.add_argument("--encode-chars", type=int, default=5_000_000)
     parser.add_argument("--vocab-size", type=int, default=32768)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if not args.wiki_dir.is_dir():
         print(f"no Wikipedia sample at {args.wiki_dir}; pass --wiki-dir", file=sys.stderr)
@@ -85,7 +90,7 @@ def main() -> int:
     }
     reference = None
     for label, encode in cases.items():
-        mb_per_s, encoded = throughput(encode, encode_docs, num_bytes)
+        mb_per_s, encoded = throughput(encode, encode_docs, num_bytes, args.repeats)
         reference = reference or encoded
         same = "same ids" if encoded == reference else "DIFFERENT ids"
         print(f"  {label:<45} {mb_per_s:6.2f} MB/s  ({same})")

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     # "picochat.lab.plan_cli",  (each helper/stage appends its module here)
     "picochat.plan_cli",
     "picochat.tokenizer.cli",
+    "picochat.data.cli",
 ]
 
 

@@ -94,7 +94,8 @@ class Tokenizer:
         return batch
 
     def decode(self, ids) -> str:
-        return self._encoding.decode(list(ids))
+        """ids: a list of ints, or a tensor / array of them."""
+        return self._encoding.decode(ids.tolist() if hasattr(ids, "tolist") else list(ids))
 
     def token_bytes(self) -> torch.Tensor:
         return token_byte_lengths(self.mergeable_ranks, len(SPECIAL_TOKENS))

@@ -85,3 +85,32 @@ def measure_collective_seconds(numel: int, device: torch.device, dtype: torch.dt
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+class MfuHealthCheck:
+    """On GPUs, averages MFU and data-wait over the steps after the first (compile) one and, at
+    `at_step`, says why MFU is under 40% if it is (seed §5). Every rank calls it at the same
+    step, so the collective timing inside is safe."""
+
+    def __init__(self, enabled: bool, at_step: int, device: torch.device, grad_numel: int, device_batch_size: int):
+        self.enabled, self.at_step, self.device = enabled, at_step, device
+        self.grad_numel, self.device_batch_size = grad_numel, device_batch_size
+        self.seconds = self.data_wait = self.mfu_sum = 0.0
+        self.observed = self.steps = 0
+
+    def observe(self, step: int, seconds: float, data_wait: float, mfu: float) -> list[str]:
+        self.observed += 1
+        if not self.enabled or self.observed == 1 or step > self.at_step:  # the first step compiles
+            return []
+        self.seconds += seconds
+        self.data_wait += data_wait
+        self.mfu_sum += mfu
+        self.steps += 1
+        if step != self.at_step:
+            return []
+        step_seconds = self.seconds / self.steps
+        collective = measure_collective_seconds(self.grad_numel, self.device, torch.bfloat16)
+        props = torch.cuda.get_device_properties(self.device)
+        return diagnose_low_mfu(self.mfu_sum / self.steps, self.data_wait / self.seconds,
+                                torch.cuda.max_memory_allocated(self.device), props.total_memory,
+                                collective / step_seconds, self.device_batch_size)

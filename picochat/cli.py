@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "picochat.plan_cli",
     "picochat.tokenizer.cli",
     "picochat.data.cli",
+    "picochat.train.cli",
+    "picochat.eval.cli",
 ]
 
 

@@ -270,3 +270,77 @@ def test_a_split_without_documents_is_an_error_not_a_hang():
     with pytest.raises(PicochatError, match="no documents"):
         next(loader)
 
+
+
+# --- the real Dataset, Tokenizer and CLI ------------------------------------------------------
+
+def english_ish(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    words = "the of and a to in is was for on with as by at from loader packs rows into batches of tokens".split()
+    return [" ".join(rng.choice(words) for _ in range(2 + int(rng.expovariate(1 / 40)))) for _ in range(n)]
+
+
+@pytest.fixture
+def real_dataset(tmp_path, monkeypatch):
+    """A 2-shard dataset written with the ShardWriter, and a tiny tokenizer trained on it."""
+    from picochat.data.dataset import open_dataset
+    from picochat.data.shards import ShardWriter, write_manifest
+    from picochat.runtime import datasets_dir
+    from picochat.tokenizer import train_tokenizer
+
+    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
+    root = datasets_dir() / "tiny"
+    docs = {"train": english_ish(0, 600), "val": english_ish(1, 100)}
+    shards = {}
+    for split, texts in docs.items():
+        writer = ShardWriter(root, split, docs_per_row_group=32, chars_per_shard=40_000)
+        for text in texts:
+            writer.add(text)
+        writer.close_shard()
+        shards[split] = writer.finished
+    write_manifest(root, "tiny", "2026-01-01", {"command": "test"}, shards, {}, "test")
+    train_tokenizer(docs["train"], "tiny", vocab_size=320, dataset="tiny")
+    dataset = open_dataset("tiny")
+    assert len(dataset.row_group_counts("train")) >= 2
+    return dataset, docs
+
+
+def test_loader_on_a_real_dataset_and_trained_tokenizer(real_dataset):
+    dataset, docs = real_dataset
+    tok = Tokenizer.default_for_dataset("tiny")
+    known = set(docs["train"])
+    loader = PackedLoader(dataset, tok, "train", batch_size=4, seq_len=64, rank=1, world_size=2)
+    take(loader, 5)
+    state = loader.state_dict()
+    expected = take(loader, 5)
+    for inputs, targets in expected:
+        for row in torch.cat([inputs, targets[:, -1:]], dim=1).tolist():
+            whole = split_at_bos(row)[:-1]  # the last document of a row may be cropped
+            assert all(tok.decode(d[1:]) in known for d in whole)
+    loader.close()
+    with PackedLoader(dataset, tok, "train", batch_size=4, seq_len=64, rank=1, world_size=2, state=state) as resumed:
+        assert_same_batches(take(resumed, 5), expected)
+
+
+def pack_stats_json(capsys, *flags) -> dict:
+    from picochat.cli import main
+    assert main(["data", "pack-stats", "--dataset", "tiny", "--json", *flags]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_pack_stats_reports_full_rows_and_less_crop_for_best_fit(real_dataset, capsys):
+    flags = ("--seq-len", "128", "--rows", "60", "--buffer-docs", "100")
+    best = pack_stats_json(capsys, "--mode", "bestfit", *flags)
+    greedy = pack_stats_json(capsys, "--mode", "greedy", *flags)
+    for result in (best, greedy):
+        assert result["utilization"] == 1.0 and result["rows"] == 60 and result["tokens"] == 60 * 129
+        assert result["tok_per_sec"] > 0
+    assert 0 < best["crop_fraction"] < greedy["crop_fraction"]
+
+
+def test_pack_stats_names_a_missing_dataset(tmp_path, monkeypatch, capsys):
+    from picochat.cli import main
+    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
+    with pytest.raises(SystemExit):
+        main(["data", "pack-stats", "--dataset", "nope"])
+    assert "nope" in capsys.readouterr().err

@@ -9,6 +9,7 @@ A download streams to `.part`, resumes a partial `.part` with an HTTP Range requ
 """
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 import time
@@ -92,7 +93,7 @@ def transfer(url: str, part: Path, fetch: Callable) -> None:
         if e.code in (401, 403, 404):
             raise DownloadError(f"{url} answered HTTP {e.code}; check the dataset name and shard index") from e
         raise RetryableError(f"HTTP {e.code} from {url}") from e
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise RetryableError(f"{url}: {e}") from e
     with response:
         resumed = offset and getattr(response, "status", 200) == 206
@@ -103,7 +104,7 @@ def transfer(url: str, part: Path, fetch: Callable) -> None:
                 while block := response.read(CHUNK_BYTES):
                     f.write(block)
                     received += len(block)
-        except (OSError, ValueError) as e:  # http.client.IncompleteRead, a reset connection, a timeout
+        except (OSError, http.client.HTTPException) as e:  # a reset connection, a timeout, IncompleteRead
             raise RetryableError(f"{url}: transfer broke off after {received:,} bytes ({e})") from e
     if expected is not None and received != int(expected):
         raise RetryableError(f"{url}: got {received:,} of {int(expected):,} bytes")

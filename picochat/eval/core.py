@@ -9,6 +9,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -85,9 +86,9 @@ def evaluate_task(model, tokenizer, task: TaskSpec, items: list[dict], device, m
 
 def evaluate_core(model, tokenizer, bundle_dir: Path | str, max_per_task: int | None = None,
                   tasks: list[str] | None = None, device=None, max_seq_len: int | None = None,
-                  batch_tokens: int = DEFAULT_BATCH_TOKENS) -> CoreResult:
+                  batch_tokens: int = DEFAULT_BATCH_TOKENS, log: Callable[[str], None] = print0) -> CoreResult:
     """CORE of `model` on the bundle at `bundle_dir`; tasks whose data is absent are named in
-    `missing` and left out of the mean. A progress line per task on rank 0."""
+    `missing` and left out of the mean. A progress line per task through `log`."""
     bundle = load_bundle(bundle_dir)
     device = torch.device(device) if device is not None else model_device(model)
     max_seq_len = max_seq_len or model_max_seq_len(model)
@@ -95,7 +96,7 @@ def evaluate_core(model, tokenizer, bundle_dir: Path | str, max_per_task: int | 
     for task in select_tasks(bundle, tasks):
         path = bundle.data_path(task)
         if not path.is_file():
-            print0(f"core: {task.label:<34} missing ({path} not found; left out of the mean)")
+            log(f"core: {task.label:<34} missing ({path} not found; left out of the mean)")
             result.missing.append(task.label)
             continue
         started = time.perf_counter()
@@ -105,7 +106,7 @@ def evaluate_core(model, tokenizer, bundle_dir: Path | str, max_per_task: int | 
         task_result = TaskResult(task.label, task.task_type, accuracy, centered_score(accuracy, task.random_baseline),
                                  task.random_baseline, len(items), seconds)
         result.tasks.append(task_result)
-        print0(f"core: {task.label:<34} acc {accuracy:.4f}  centered {task_result.centered:+.4f}  "
+        log(f"core: {task.label:<34} acc {accuracy:.4f}  centered {task_result.centered:+.4f}  "
                f"n={len(items)}  {seconds:.1f}s ({len(items) / max(seconds, 1e-9):.1f} ex/s)")
     return result
 

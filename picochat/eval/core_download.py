@@ -7,6 +7,7 @@ a temporary folder and rename, so an interrupted run never leaves a half bundle 
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 import urllib.request
 import zipfile
@@ -46,7 +47,8 @@ def download_with_retry(url: str, destination: Path, fetch: Callable[[str, Path]
                 raise DownloadError(f"could not download {url} after {attempts} attempts ({e}); check the "
                                     f"network, or download it by hand and pass the unpacked folder with --bundle") from e
             wait = backoff_seconds * 2 ** (attempt - 1)
-            print(f"download of {url} failed ({e}); retrying in {wait:.0f}s ({attempt}/{attempts})", flush=True)
+            print(f"download of {url} failed ({e}); retrying in {wait:.0f}s ({attempt}/{attempts})",
+                  file=sys.stderr, flush=True)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -80,7 +82,7 @@ def ensure_bundle(bundle_dir: Path | None = None, url: str = BUNDLE_URL,
     if (bundle_dir / "core.yaml").is_file():
         return bundle_dir
     zip_path = bundle_dir.with_name("eval_bundle.zip")
-    print(f"downloading the CORE bundle {url} -> {zip_path}", flush=True)
+    print(f"downloading the CORE bundle {url} -> {zip_path}", file=sys.stderr, flush=True)
     download_with_retry(url, zip_path, fetch, backoff_seconds=backoff_seconds)
     unpack_bundle(zip_path, bundle_dir)
     zip_path.unlink(missing_ok=True)

@@ -33,8 +33,10 @@ class TokenizerTrainConfig:
 
 @dataclass
 class TokenizerEvalConfig:
-    name: str | None = field(default=None, metadata={"help": "tokenizer to evaluate; derived: the one trained on --dataset"})
-    dataset: str | None = field(default=None, metadata={"help": "dataset to measure on; derived: the one it was trained on"})
+    name: str | None = field(default=None,
+                             metadata={"help": "tokenizer to evaluate; derived: the one trained on --dataset"})
+    dataset: str | None = field(default=None,
+                                metadata={"help": "dataset to measure on; derived: the one it was trained on"})
     max_docs: int = field(default=COMPRESSION_SAMPLE_DOCS, metadata={"help": "documents per split"})
 
 
@@ -77,7 +79,8 @@ def run_eval(args: argparse.Namespace) -> None:
     tokenizer = pick_tokenizer(cfg.name, cfg.dataset)
     dataset_name = cfg.dataset or tokenizer.meta.get("dataset")
     if not dataset_name:
-        raise PicochatError(f"tokenizer {tokenizer.name!r} does not say which dataset it was trained on; pass --dataset")
+        raise PicochatError(
+            f"tokenizer {tokenizer.name!r} does not say which dataset it was trained on; pass --dataset")
     dataset = open_dataset(dataset_name)
     print0(f"{tokenizer!r} on dataset {dataset_name!r}, first {cfg.max_docs:,} documents per split")
     for split in ("train", "val"):
@@ -92,9 +95,8 @@ def pick_tokenizer(name: str | None, dataset_name: str | None) -> Tokenizer:
     present = available_tokenizers()
     if len(present) == 1:
         return Tokenizer.load(present[0])
-    raise PicochatError(
-        f"say which tokenizer with --name or --dataset; tokenizers in {tokenizers_dir()}: {', '.join(present) or 'none'}"
-    )
+    listed = ", ".join(present) or "none"
+    raise PicochatError(f"say which tokenizer with --name or --dataset; tokenizers in {tokenizers_dir()}: {listed}")
 
 
 def report_compression(tokenizer: Tokenizer, split: str, documents: list[str]) -> None:

@@ -25,7 +25,7 @@ class CorpusCount:
     documents: int = 0
     characters: int = 0
     progress_every: int = 100_000_000
-    _next_report: int = field(default=0, repr=False)
+    _next_report: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self):
         self._next_report = self.progress_every

@@ -144,7 +144,7 @@ def save(s: Session) -> None:
 def start_session(run: RunSetup, runtime: Runtime) -> Session:
     """Build the model, optimizer, scaler and loader, restoring them from the checkpoint on --resume."""
     cfg = run.cfg
-    raw_model = build_model(_model_config(run), runtime)
+    raw_model = build_model(run.plan.config, runtime)
     optimizer = make_optimizer(raw_model, cfg, runtime)
     scaler = GradScaler(enabled=runtime.dtype == torch.float16)
     state, loader_state, restored = LoopState(), None, None
@@ -155,7 +155,7 @@ def start_session(run: RunSetup, runtime: Runtime) -> Session:
         optimizer.load_state_dict(restored["optimizer"])
         scaler.load_state_dict(meta["scaler"])
         state = LoopState(**meta["loop_state"])
-        loader_state = _rank_loader_state(meta, runtime, run)
+        loader_state = meta["loader_states"][runtime.rank]  # setup checked the world size
         print0(f"resumed from {run.resume_from} at step {state.step}")
     fp8_modules = convert_to_fp8(raw_model) if cfg.fp8 else {}
     model = torch.compile(raw_model, dynamic=False) if cfg.compile else raw_model
@@ -176,14 +176,3 @@ def start_session(run: RunSetup, runtime: Runtime) -> Session:
                    fp8_modules, str(run.resume_from or "none yet"))
 
 
-def _model_config(run: RunSetup):
-    return run.plan.config
-
-
-def _rank_loader_state(meta: dict, runtime: Runtime, run: RunSetup) -> dict:
-    states = meta["loader_states"]
-    if len(states) != runtime.world_size:
-        from picochat.errors import PicochatError  # noqa: PLC0415
-        raise PicochatError(f"{run.resume_from} was saved by {len(states)} processes, this run has "
-                            f"{runtime.world_size}; resume with --nproc_per_node={len(states)}")
-    return states[runtime.rank]

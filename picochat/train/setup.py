@@ -104,6 +104,7 @@ def prepare_run(cfg: TrainConfig, explicit: set[str] | None, runtime: Runtime) -
     run = run_dir(cfg.run_name())
     resume_from = find_resume_checkpoint(cfg, run) if cfg.resume else None
     if resume_from is not None:
+        check_same_world(read_meta(resume_from), runtime.world_size, resume_from)
         cfg = merge_resumed(cfg, read_meta(resume_from)["run_config"], explicit, resume_from)
     elif list_checkpoints(run):
         raise PicochatError(f"run {cfg.run_name()!r} already has checkpoints in {run / 'checkpoints'}; "
@@ -122,6 +123,13 @@ def prepare_run(cfg: TrainConfig, explicit: set[str] | None, runtime: Runtime) -
         check_fp8(runtime, cfg.compile)
     record_run(cfg, run, runtime)
     return RunSetup(cfg, plan, dataset, tokenizer, run, resume_from, accum)
+
+
+def check_same_world(meta: dict, world_size: int, checkpoint: Path) -> None:
+    """Loader cursors and Muon's optimizer shards are per rank: a resume keeps the process count."""
+    if meta["world_size"] != world_size:
+        raise PicochatError(f"{checkpoint} was saved by {meta['world_size']} processes and this run has {world_size}; "
+                            f"resume with torchrun --nproc_per_node={meta['world_size']} (or 1 process for 1)")
 
 
 def check_same_shape(now: dict, saved: dict, checkpoint: Path) -> None:

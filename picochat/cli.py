@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "picochat.plan_cli",
     "picochat.tokenizer.cli",
     "picochat.data.cli",
+    "picochat.infer.cli",
     "picochat.train.cli",
     "picochat.eval.cli",
 ]

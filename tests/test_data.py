@@ -20,6 +20,7 @@ from picochat.data.importer import DatasetImportError, ImportConfig, import_data
 from picochat.data.pystdlib import PYSTDLIB, ensure_pystdlib
 from picochat.data.sources import SourceFormatError, guess_format
 from picochat.runtime import datasets_dir
+from picochat.tokenizer import train_tokenizer
 
 WIKI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pretrain" / "wikipedia"
 
@@ -78,7 +79,8 @@ def test_wikiextractor_keeps_title_and_body_and_skips_title_only(tmp_path):
                     '<doc id="3" url="?curid=3" title="Beta">\nBeta\n\nBeta follows alpha.\nSecond line.\n</doc>\n')
     manifest = import_dataset([path], "w")
     docs = all_docs("w")
-    assert sorted(docs["train"] + docs["val"]) == ["Alpha\n\nAlpha is a letter.", "Beta\n\nBeta follows alpha.\nSecond line."]
+    assert sorted(docs["train"] + docs["val"]) == ["Alpha\n\nAlpha is a letter.",
+                                                   "Beta\n\nBeta follows alpha.\nSecond line."]
     assert manifest["skipped"] == {"title_only": 1}
 
 
@@ -146,7 +148,8 @@ def test_shards_row_groups_and_iteration_follow_the_manifest(tmp_path):
     assert all(pq.ParquetFile(p).metadata.row_group(0).num_rows == 10 for p in paths)
     assert pq.ParquetFile(paths[0]).metadata.row_group(0).column(0).compression == "ZSTD"
     groups = list(d.iter_row_groups("train"))
-    assert [(s, g) for s, g, _ in groups] == [(s, g) for s, n in enumerate(d.row_group_counts("train")) for g in range(n)]
+    every_group = [(s, g) for s, n in enumerate(d.row_group_counts("train")) for g in range(n)]
+    assert [(s, g) for s, g, _ in groups] == every_group
     assert list(d.iter_row_groups("train", start=groups[5][:2]))[0] == groups[5]
     in_order = [t for t in texts if not is_val_document(t, 0.05)]
     assert [doc for _, _, docs in groups for doc in docs] == in_order
@@ -346,7 +349,8 @@ def test_download_against_a_local_http_server_resumes_and_lays_out_the_dataset(t
     d = open_dataset("climbmix")
     assert [p.name for p in d.shard_paths("train")] == ["shard_00000.parquet", "shard_00001.parquet"]
     assert next(d.iter_documents("val")) == words(654200)
-    assert manifest["made_by"]["urls"]["val/shard_00000.parquet"].endswith("climbmix-400b-shuffle/resolve/main/shard_06542.parquet")
+    val_url = manifest["made_by"]["urls"]["val/shard_00000.parquet"]
+    assert val_url.endswith("climbmix-400b-shuffle/resolve/main/shard_06542.parquet")
     assert d.documents("train") == 600
 
 
@@ -367,6 +371,20 @@ def test_cli_import_list_and_stats(tmp_path, capsys):
     assert listing[0] == "viacli" and int(listing[1]) + int(listing[4]) == 40
     assert cli.main(["data", "stats", "--dataset", "viacli"]) == 0
     assert "document lengths" in capsys.readouterr().out
+
+
+def test_stats_counts_tokens_with_the_dataset_tokenizer(tmp_path, capsys):
+    texts = [words(i) for i in range(200)]
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in texts])
+    import_dataset([path], "tok", ImportConfig(val_fraction=0.1))
+    tokenizer = train_tokenizer(open_dataset("tok").iter_documents("train"), "tok", vocab_size=300, dataset="tok")
+    cli.main(["data", "list"])
+    assert capsys.readouterr().out.splitlines()[-1].split()[-1] == "tok"
+    cli.main(["data", "stats", "--dataset", "tok"])
+    lines = capsys.readouterr().out.splitlines()
+    train_line = next(line for line in lines if line.strip().startswith("train") and "tokens" in line)
+    expected = sum(len(tokenizer.encode(doc)) for doc in open_dataset("tok").iter_documents("train"))
+    assert f"{expected:,} tokens" in train_line and "counted" in train_line
 
 
 def test_length_histogram_uses_log_spaced_bins():

@@ -3,6 +3,7 @@
 The fakes make every expectation computable by hand: a byte-level tokenizer (id = byte,
 BOS = 256) and a bigram model whose logits are 0 except a chosen favourite next byte.
 """
+import dataclasses
 import functools
 import http.server
 import json
@@ -342,3 +343,84 @@ def test_untrained_model_core_is_near_zero_on_shared_bundle():
     result = evaluate_core(BagOfWordsModel(), ByteTokenizer(), SHARED_BUNDLE, max_per_task=100, max_seq_len=256)
     assert len(result.tasks) == 18 and set(result.missing) == MISSING_IN_SHARED
     assert abs(result.core) < 0.02
+
+
+# --- a real (random-init) GPT and tokenizer, and the CLI --------------------------------
+
+def real_byte_tokenizer():
+    from picochat.tokenizer import Tokenizer
+    return Tokenizer("bytes", {bytes([i]): i for i in range(256)})
+
+
+def tiny_gpt(vocab_size, max_seq_len=64):
+    from picochat.model.config import GPTConfig
+    from picochat.model.gpt import GPT
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(depth=1, vocab_size=vocab_size, aspect_ratio=32, head_dim=16, max_seq_len=max_seq_len,
+                          window_pattern="L"))
+    model.init_weights()
+    return model.eval()
+
+
+def test_real_gpt_scores_are_independent_of_batching(tmp_path):
+    tokenizer = real_byte_tokenizer()
+    model = tiny_gpt(tokenizer.vocab_size)
+    bundle = make_bundle(tmp_path)
+    one_by_one = evaluate_core(model, tokenizer, bundle, batch_tokens=1)
+    together = evaluate_core(model, tokenizer, bundle, batch_tokens=10**6)
+    assert [t.accuracy for t in one_by_one.tasks] == [t.accuracy for t in together.tasks]
+    assert all(0.0 <= t.accuracy <= 1.0 for t in together.tasks) and together.missing == ["absent_task"]
+
+
+def save_tiny_run(home: Path, name="tiny") -> Path:
+    from picochat.checkpoint import run_dir, save_checkpoint
+    tokenizer = real_byte_tokenizer()
+    tokenizer.save(home / "tokenizers" / tokenizer.name)
+    model = tiny_gpt(tokenizer.vocab_size)
+    meta = {"model_config": dataclasses.asdict(model.config), "tokenizer": tokenizer.name, "dataset": "fake",
+            "run_config": {"dataset": "fake", "device_batch_size": 2}}
+    save_checkpoint(run_dir(name), 5, model.state_dict(), {}, meta)
+    return run_dir(name)
+
+
+def test_cli_core_writes_results_and_prints_json(tmp_path, monkeypatch, capsys):
+    from picochat.cli import main
+    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path / "home"))
+    run = save_tiny_run(tmp_path / "home")
+    bundle = make_bundle(tmp_path / "bundle")
+    main(["eval", "core", "--run", "tiny", "--bundle", str(bundle), "--json", "--device", "cpu"])
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"tasks", "core", "missing"} and printed["missing"] == ["absent_task"]
+    assert set(printed["tasks"]) == {"mc_task", "schema_task", "lm_task"}
+    assert json.loads((run / "core.json").read_text())["core"] == pytest.approx(printed["core"])
+    assert (run / "core.csv").is_file()
+
+
+def test_cli_core_refuses_a_bundle_without_core_yaml(tmp_path, monkeypatch, capsys):
+    from picochat.cli import main
+    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path / "home"))
+    save_tiny_run(tmp_path / "home")
+    with pytest.raises(SystemExit):
+        main(["eval", "core", "--run", "tiny", "--bundle", str(tmp_path / "nothing"), "--device", "cpu"])
+    assert "no CORE bundle at" in capsys.readouterr().err
+
+
+class InMemoryDataset:
+    name = "fake"
+
+    def row_group_counts(self, split):
+        return [2]
+
+    def read_row_group(self, split, shard_index, row_group_index):
+        return [f"document {row_group_index} {i} " * (3 + i) for i in range(20)]
+
+
+def test_cli_bpb_prints_json(tmp_path, monkeypatch, capsys):
+    from picochat.cli import main
+    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path / "home"))
+    save_tiny_run(tmp_path / "home")
+    monkeypatch.setattr("picochat.eval.cli.open_dataset", lambda name: InMemoryDataset())
+    main(["eval", "bpb", "--run", "tiny", "--tokens", "256", "--json", "--device", "cpu"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["split"] == "val" and printed["tokens"] == 2 * 64 * 2
+    assert 4.0 < printed["bpb"] < 12.0  # near log2(265) = 8.05 for an untrained byte-level model

@@ -35,7 +35,8 @@ def register_import(data_subparsers) -> None:
         "import", help="turn text/jsonl/parquet/WikiExtractor files (plain or .gz) into a dataset",
         description="Import files into datasets_dir()/NAME as parquet shards plus a manifest. Formats: text = "
         "the whole file is ONE document; jsonl = one JSON object per line, text in --field; parquet = one row per "
-        "document, text in column --field; wikiextractor = <doc ...>…</doc> blocks, title line kept with the body. "
+        "document, text in column --field; wikiextractor = <doc ...>…</doc> blocks, title line kept with the "
+        "body (title-only stubs are skipped and counted). "
         "Documents go to val by a stable hash of their text, so reimporting gives the same split. An interrupted "
         "import resumes when rerun with the same arguments; finished shards are kept.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="input files (plain or gzip'd)")
@@ -172,8 +173,8 @@ def length_histogram(lengths: list[int], base: int = 4) -> list[tuple[int, int, 
 
 def format_histogram(bins: list[tuple[int, int, int]], width: int = 40) -> str:
     top = max((c for _, _, c in bins), default=0) or 1
-    return "\n".join(f"  {low:>9,} - {high - 1:>9,} chars {count:>9,}  {'#' * max(1 if count else 0, round(width * count / top))}"
-                     for low, high, count in bins)
+    bar = lambda count: "#" * max(1 if count else 0, round(width * count / top))
+    return "\n".join(f"  {low:>9,} - {high - 1:>9,} chars {count:>9,}  {bar(count)}" for low, high, count in bins)
 
 
 def find_tokenizer(dataset_name: str, name: str | None) -> Tokenizer | None:
@@ -201,7 +202,11 @@ def run_stats(args: argparse.Namespace) -> int:
     sample_tokens = sum(len(ids) for ids in tokenizer.encode_batch(docs))
     chars_per_token = sample_chars / max(sample_tokens, 1)
     for split in SPLITS:
+        if complete and split == args.split:
+            print(f"  {split:<5} {sample_tokens:,} tokens with {tokenizer.name!r} "
+                  f"({chars_per_token:.2f} chars/token, counted)")
+            continue
         tokens = dataset.characters(split) / chars_per_token
-        how = "counted" if complete and split == args.split else f"estimated from {len(docs):,} {args.split} documents"
-        print(f"  {split:<5} ~{tokens:,.0f} tokens with {tokenizer.name!r} ({chars_per_token:.2f} chars/token, {how})")
+        print(f"  {split:<5} ~{tokens:,.0f} tokens with {tokenizer.name!r} ({chars_per_token:.2f} chars/token, "
+              f"estimated from {len(docs):,} {args.split} documents)")
     return 0

@@ -17,8 +17,9 @@ from picochat.data.shards import MANIFEST_NAME, SPLITS, ShardWriter  # noqa: F40
 from picochat.errors import PicochatError
 from picochat.runtime import datasets_dir
 
-CREATE_COMMANDS = ("picochat data import PATH... --name NAME", "picochat data download --dataset climbmix -n 8",
-                   f"the built-in {PYSTDLIB!r} (built on first use)")
+CREATE_HINT = ("create one with `picochat data import PATH... --name NAME` or "
+               "`picochat data download --dataset climbmix -n 8`, "
+               f"or use the built-in {PYSTDLIB!r} (built on first use)")
 
 
 class DatasetNotFoundError(PicochatError):
@@ -39,11 +40,10 @@ def list_datasets() -> list[str]:
 
 def not_found_message(name: str, root: Path) -> str:
     existing = ", ".join(list_datasets()) or "(none)"
-    create = "; ".join(f"`{c}`" for c in CREATE_COMMANDS)
     if root.is_dir() and any(root.iterdir()):
         return (f"dataset {name!r} at {root} is unfinished (no {MANIFEST_NAME}): rerun the import or download "
                 f"that made it to resume. Complete datasets: {existing}")
-    return f"no dataset {name!r} at {root}. Datasets there: {existing}. Create one with {create}"
+    return f"no dataset {name!r} at {root}. Datasets there: {existing}; {CREATE_HINT}"
 
 
 def open_dataset(name: str) -> "Dataset":

@@ -48,7 +48,8 @@ SOURCES = {
         "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main/shard_{index:05d}.parquet", 6542),
     # FineWeb-Edu-100B, shuffled; nanochat's data before ClimbMix.
     "fineweb-edu": RemoteSource(
-        "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_{index:05d}.parquet", 1822),
+        "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_{index:05d}.parquet",
+        1822),
 }
 
 

@@ -37,12 +37,15 @@ class ImportConfig:
     format: str = dataclasses.field(default="auto", metadata={
         "choices": FORMATS, "help": "input format; auto guesses from the extension, then the first bytes. "
         "text: the whole file is one document; jsonl: one JSON object per line; parquet: one row per "
-        "document; wikiextractor: <doc ...>…</doc> blocks, title line kept with the body"})
-    field: str = dataclasses.field(default="text", metadata={"help": "the jsonl field / parquet column holding the text"})
+        "document; wikiextractor: <doc ...>…</doc> blocks, title line kept with the body "
+        "(title-only stubs skipped)"})
+    field: str = dataclasses.field(default="text", metadata={
+        "help": "the jsonl field / parquet column holding the text"})
     val_fraction: float = dataclasses.field(default=0.01, metadata={
         "help": "fraction of documents (by a stable hash of their text) that go to the val split"})
     chars_per_shard: int = dataclasses.field(default=CHARS_PER_SHARD, metadata={"help": "characters per parquet shard"})
-    docs_per_row_group: int = dataclasses.field(default=DOCS_PER_ROW_GROUP, metadata={"help": "documents per row group"})
+    docs_per_row_group: int = dataclasses.field(default=DOCS_PER_ROW_GROUP, metadata={
+        "help": "documents per row group"})
 
 
 def is_val_document(text: str, val_fraction: float) -> bool:
@@ -79,8 +82,9 @@ class Progress:
             return False
         self.last = now
         elapsed = now - self.start
+        rate = characters / 1e6 / max(elapsed, 1e-9)
         print0(f"import {self.name}: [{file_index + 1}/{self.total_files}] {path.name}  {documents:,} docs  "
-               f"{characters / 1e6:,.1f}M chars  {elapsed:.1f}s  ({characters / 1e6 / max(elapsed, 1e-9):.1f}M chars/s)")
+               f"{characters / 1e6:,.1f}M chars  {elapsed:.1f}s  ({rate:.1f}M chars/s)")
         return True
 
 
@@ -142,8 +146,8 @@ def load_state(root: Path, config: ImportConfig, inputs: list[dict]) -> dict | N
         return None
     state = json.loads(path.read_text())
     if state["config"] != dataclasses.asdict(config) or state["inputs"] != inputs:
-        raise DatasetImportError(f"{root} holds an unfinished import with different inputs or options; rerun it with the "
-                           f"same ones to resume, or add --force to start over")
+        raise DatasetImportError(f"{root} holds an unfinished import with different inputs or options; rerun it "
+                                 f"with the same ones to resume, or add --force to start over")
     return state
 
 
@@ -184,9 +188,10 @@ def import_file(run: ImportRun, file_index: int, path: Path, position: int, prog
     return {"path": str(path), "first_position": first, "end_position": position, "counts": counts}
 
 
-def import_dataset(paths: list[Path], name: str, config: ImportConfig = ImportConfig(), force: bool = False,
+def import_dataset(paths: list[Path], name: str, config: ImportConfig | None = None, force: bool = False,
                    made_by: dict | None = None) -> dict:
     """Import `paths` into `datasets_dir()/name`; resumes an interrupted import; returns the manifest."""
+    config = config or ImportConfig()
     check_name(name)
     root = datasets_dir() / name
     if not 0.0 <= config.val_fraction < 1.0:

@@ -184,6 +184,7 @@ class PackedLoader:
         self._state = self._initial_state(state, rank, world_size)
         self._buffer = new_buffer(mode)
         self._rebuild_buffer(self._state.buffer)
+        self._state.buffer = []  # from here on the buffer itself is the truth; state_dict() describes it
         self._source = None  # started on the first batch, at the consumer's cursor
         self._empty_streak = 0
 

@@ -16,6 +16,7 @@ from picochat.config import add_config_args, config_from_args
 from picochat.data.dataset import open_dataset
 from picochat.data.loader import PackedLoader
 from picochat.data.packing import MODES
+from picochat.errors import PicochatError
 from picochat.tokenizer import Tokenizer
 
 PROGRESS_EVERY_S = 5.0
@@ -48,13 +49,15 @@ def batch_size_for(rows: int, most: int = 16) -> int:
 
 
 def pack_stats(cfg: PackStatsConfig) -> dict:
+    if cfg.rows < 1:
+        raise PicochatError(f"--rows {cfg.rows} must be at least 1")
     dataset = open_dataset(cfg.dataset)
     tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else Tokenizer.default_for_dataset(cfg.dataset)
-    batch_size = batch_size_for(max(cfg.rows, 1))
+    batch_size = batch_size_for(cfg.rows)
     start = last_report = time.perf_counter()
     with PackedLoader(dataset, tokenizer, cfg.split, batch_size, cfg.seq_len, mode=cfg.mode,
                       buffer_docs=cfg.buffer_docs) as loader:
-        for _ in range(max(cfg.rows, 1) // batch_size):
+        for _ in range(cfg.rows // batch_size):
             next(loader)
             if time.perf_counter() - last_report > PROGRESS_EVERY_S:
                 last_report = time.perf_counter()

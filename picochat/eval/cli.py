@@ -17,7 +17,7 @@ from picochat.errors import PicochatError
 from picochat.eval.bpb import evaluate_bpb
 from picochat.eval.config import BpbEvalConfig, CoreEvalConfig
 from picochat.eval.core import evaluate_core, format_core_table, write_core_results
-from picochat.eval.core_data import default_bundle_dir
+from picochat.eval.core_data import default_bundle_dir, load_bundle, select_tasks
 from picochat.eval.core_download import ensure_bundle
 from picochat.runtime import init_runtime, print0, shutdown_runtime
 
@@ -96,6 +96,7 @@ def run_core(args: argparse.Namespace) -> int:
     runtime = init_runtime(cfg.device)
     try:
         bundle = bundle_directory(cfg)
+        select_tasks(load_bundle(bundle), tasks)  # a bad bundle or task name fails before the model loads
         model, tokenizer, _ = load_model_from_run(cfg.run, runtime, cfg.step)
         result = evaluate_core(model, tokenizer, bundle, max_per_task=cfg.max_per_task, tasks=tasks,
                                device=runtime.device, batch_tokens=cfg.batch_tokens,

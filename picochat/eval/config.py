@@ -16,7 +16,7 @@ class BpbEvalConfig:
     step: int | None = field(default=None, metadata=_help("checkpoint step; derived: the latest"))
     split: str = field(default="val", metadata=_help("dataset split to measure", choices=["val", "train"]))
     tokens: int = field(default=2**20, metadata=_help("token budget over all ranks"))
-    batch_size: int | None = field(default=None, metadata=_help("sequences per forward; derived: the run's device batch"))
+    batch_size: int | None = field(default=None, metadata=_help("sequences per forward; derived: the run's"))
     device: str | None = field(default=None, metadata=_help("cuda, mps or cpu; derived: autodetect"))
     json: bool = field(default=False, metadata=_help("print one JSON object instead of a line"))
 
@@ -25,9 +25,9 @@ class BpbEvalConfig:
 class CoreEvalConfig:
     run: str = field(default="", metadata=_help("run name under $PICOCHAT_HOME/runs (or a run/checkpoint path)"))
     step: int | None = field(default=None, metadata=_help("checkpoint step; derived: the latest"))
-    bundle: str | None = field(default=None, metadata=_help("unpacked CORE bundle dir; derived: $PICOCHAT_HOME/eval_bundle"))
-    download: bool = field(default=False, metadata=_help("download and unpack the published bundle if it is absent"))
-    max_per_task: int | None = field(default=None, metadata=_help("items per task after the seeded shuffle; derived: all"))
+    bundle: str | None = field(default=None, metadata=_help("CORE bundle dir; derived: $PICOCHAT_HOME/eval_bundle"))
+    download: bool = field(default=False, metadata=_help("fetch the published bundle if absent"))
+    max_per_task: int | None = field(default=None, metadata=_help("items per task after the shuffle; derived: all"))
     tasks: str | None = field(default=None, metadata=_help("comma-separated task labels; derived: all in core.yaml"))
     batch_tokens: int = field(default=DEFAULT_BATCH_TOKENS, metadata=_help("rows x padded length per forward"))
     device: str | None = field(default=None, metadata=_help("cuda, mps or cpu; derived: autodetect"))

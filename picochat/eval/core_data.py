@@ -77,7 +77,8 @@ def load_bundle(root: Path | str) -> CoreBundle:
     entries = (config or {}).get("icl_tasks") if isinstance(config, dict) else None
     if not isinstance(entries, list) or not entries:
         raise CoreDataError(f"{config_path} has no `icl_tasks` list; it should list the CORE tasks")
-    return CoreBundle(root=root, tasks=[parse_task(entry, i, config_path, baselines) for i, entry in enumerate(entries)])
+    tasks = [parse_task(entry, i, config_path, baselines) for i, entry in enumerate(entries)]
+    return CoreBundle(root=root, tasks=tasks)
 
 
 def parse_task(entry: dict, index: int, config_path: Path, baselines: dict[str, float]) -> TaskSpec:

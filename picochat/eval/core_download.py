@@ -44,8 +44,8 @@ def download_with_retry(url: str, destination: Path, fetch: Callable[[str, Path]
         except OSError as e:
             partial.unlink(missing_ok=True)
             if attempt == attempts:
-                raise DownloadError(f"could not download {url} after {attempts} attempts ({e}); check the "
-                                    f"network, or download it by hand and pass the unpacked folder with --bundle") from e
+                raise DownloadError(f"could not download {url} after {attempts} attempts ({e}); check the network, "
+                                    f"or download it by hand and pass the unpacked folder with --bundle") from e
             wait = backoff_seconds * 2 ** (attempt - 1)
             print(f"download of {url} failed ({e}); retrying in {wait:.0f}s ({attempt}/{attempts})",
                   file=sys.stderr, flush=True)

@@ -89,7 +89,8 @@ def schema_candidates(token_rows: list[list[int]]) -> list[Candidate]:
 def continuation_candidate(without: list[int], with_continuation: list[int]) -> Candidate:
     """LM: the tokens after the prompt. When the tokenizer merges across the boundary, the
     prompt is no longer a prefix; score from where the two first differ."""
-    start = len(without) if with_continuation[:len(without)] == without else common_prefix_length([without, with_continuation])
+    is_prefix = with_continuation[:len(without)] == without
+    start = len(without) if is_prefix else common_prefix_length([without, with_continuation])
     start = max(1, min(start, len(with_continuation) - 1))
     return Candidate(with_continuation, start, len(with_continuation))
 

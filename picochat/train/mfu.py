@@ -6,6 +6,7 @@ no datasheet, so the peak is measured once at start by timing a large fp32 matmu
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -27,7 +28,8 @@ def gpu_peak_flops(device_name: str) -> float | None:
     return None
 
 
-def measure_matmul_flops(device: torch.device | str = "cpu", size: int = 1024, repeats: int = 5,
+@functools.cache  # once per process: the CPU's peak does not change between runs
+def measure_matmul_flops(device: torch.device | str = "cpu", size: int = 1024, repeats: int = 3,
                          dtype: torch.dtype = torch.float32) -> float:
     """The best of `repeats` timed size x size matmuls, in FLOP/s (2·n³ per matmul)."""
     a = torch.randn(size, size, device=device, dtype=dtype)

@@ -1,0 +1,54 @@
+"""`picochat chat` and `picochat serve`: load a trained run, then talk to it in the terminal or over HTTP."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+from picochat.checkpoint import load_model_from_run
+from picochat.config import add_config_args, config_from_args, format_config
+from picochat.errors import PicochatError
+from picochat.infer.chat_cli import ChatConfig, run_chat
+from picochat.infer.engine import Engine
+from picochat.infer.limits import ServeConfig
+from picochat.runtime import init_runtime, print0
+
+
+def load_engine(run: str, step: int | None, device: str | None) -> tuple[Engine, dict]:
+    """The thin boundary between a run on disk and the engine, which takes (model, tokenizer) objects."""
+    if not run:
+        raise PicochatError("--run is required: the name of a run under `picochat_home()/runs` or a checkpoint path")
+    runtime = init_runtime(device)
+    model, tokenizer, meta = load_model_from_run(run, runtime, step)
+    return Engine(model, tokenizer), meta
+
+
+def chat_command(args: argparse.Namespace) -> None:
+    cfg = config_from_args(ChatConfig, args)
+    engine, _ = load_engine(cfg.run, cfg.step, cfg.device)
+    run_chat(engine, cfg)
+
+
+def serve_command(args: argparse.Namespace) -> None:
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise PicochatError("`picochat serve` needs FastAPI and uvicorn: pip install -e '.[serve]'")
+    from picochat.infer.server import serve  # noqa: PLC0415  (the optional `serve` extra, loaded only here)
+
+    cfg = config_from_args(ServeConfig, args)
+    print0(format_config(cfg, "serve"))
+    engine, _ = load_engine(cfg.run, cfg.step, cfg.device)
+    model_name = cfg.model_name or Path(cfg.run).name
+    print0(f"serve: {model_name} on {engine.device}, context {engine.context_length} tokens; "
+           f"chat at http://{cfg.host}:{cfg.port}/ and the API at http://{cfg.host}:{cfg.port}/v1")
+    serve(engine, model_name, cfg)
+
+
+def register(subparsers) -> None:
+    chat = subparsers.add_parser("chat", help="chat with a trained model in the terminal (or one prompt with -p)")
+    add_config_args(chat, ChatConfig, skip=("prompt",))
+    chat.add_argument("-p", "--prompt", dest="prompt", default=argparse.SUPPRESS,
+                      help="one-shot: print the reply to this prompt and exit")
+    chat.set_defaults(func=chat_command)
+    serve = subparsers.add_parser("serve", help="a web chat and an OpenAI-compatible API for a trained model")
+    add_config_args(serve, ServeConfig)
+    serve.set_defaults(func=serve_command)

@@ -1,0 +1,117 @@
+"""Verdicts: is a change better per step, per FLOP and per second, and by more than the noise?
+
+Seed §3: a change is an improvement only when it wins on every axis (FP8 and MoE looked good
+on one axis and lost on wall-clock). Seed §6: a lower loss is only meaningful between runs
+scored on the same validation tokens; otherwise no winner is called.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from picochat.lab.compare import AxisComparison
+from picochat.lab.runs import Run
+
+# Config fields that must agree for bpb to be measured on the same thing, and why.
+COMPARABILITY = {
+    "tokenizer": "tokenizer",
+    "loader_mode": "loader mode (BOS best-fit vs greedy packing score different tokens, seed §6)",
+    "dataset": "validation set (dataset)",
+    "max_seq_len": "validation set (sequence length)",
+    "eval_tokens": "eval budget (eval_tokens)",
+}
+AXIS_WORDS = {"step": "per step", "flops": "per FLOP", "time": "per second"}
+TIE_BPB = 1e-4  # without repeats, differences below this are called equal
+
+
+def comparability_problems(runs: list[Run]) -> list[str]:
+    """Why these runs' bpb cannot be compared (empty when they can)."""
+    problems = [f"run {r.name} has no config.json, so its tokenizer, loader and validation set are unknown"
+                for r in runs if not r.config]
+    configured = [r for r in runs if r.config]
+    for key, what in COMPARABILITY.items():
+        values = {r.name: r.config.get(key) for r in configured}
+        if len(set(map(repr, values.values()))) > 1:
+            problems.append(f"different {what}: " + ", ".join(f"{name}={value}" for name, value in values.items()))
+    return problems
+
+
+def wall_clock_caveats(runs: list[Run]) -> list[str]:
+    """Hardware differences that make the wall-clock axis unfair (reported, not refused)."""
+    caveats = []
+    for key in ("device_name", "world_size", "dtype"):
+        values = {r.name: r.env.get(key) for r in runs if r.env}
+        if len(set(map(repr, values.values()))) > 1:
+            caveats.append(f"wall-clock measured with different {key}: "
+                           + ", ".join(f"{name}={value}" for name, value in values.items()))
+    return caveats
+
+
+@dataclass
+class AxisVerdict:
+    axis: str
+    difference: float | None  # candidate - baseline bpb at the last common point
+    noise: float | None
+
+    @property
+    def direction(self) -> str:
+        """better / worse / same / unknown, with differences inside the noise called the same."""
+        if self.difference is None:
+            return "unknown"
+        threshold = self.noise if self.noise is not None else TIE_BPB
+        if abs(self.difference) <= threshold:
+            return "same"
+        return "better" if self.difference < 0 else "worse"
+
+    def describe(self) -> str:
+        where = AXIS_WORDS[self.axis]
+        if self.difference is None:
+            return f"{where}: no common range to compare on"
+        size = f"{abs(self.difference):.4f} bpb"
+        if self.noise is None:
+            noise = "noise unknown (no repeats)"
+        elif abs(self.difference) > self.noise:
+            noise = f"exceeds the run-to-run noise {self.noise:.4f}"
+        else:
+            noise = f"within the run-to-run noise {self.noise:.4f}: not significant"
+        word = {"better": "better", "worse": "worse", "same": "no different"}[self.direction]
+        if self.direction == "same" and self.noise is None:
+            return f"{where}: the same within {TIE_BPB} bpb ({noise})"
+        return f"{where}: {word} by {size} ({noise})"
+
+
+def summary_sentence(verdicts: dict[str, AxisVerdict]) -> str:
+    """One line in the seed's words, e.g. 'better per step, worse per second: not a wall-clock gain'."""
+    d = {axis: v.direction for axis, v in verdicts.items()}
+    known = [x for x in d.values() if x != "unknown"]
+    if not known:
+        return "no axis has a common range: nothing to conclude"
+    if all(x == "same" for x in known):
+        return "no difference beyond the noise on any axis"
+    if all(x in ("better", "same") for x in known):
+        every = all(x == "better" for x in known) and len(known) == 3
+        return "better on every axis: a real gain" if every else "better or equal on every axis: a gain"
+    if all(x in ("worse", "same") for x in known):
+        return "worse on every axis: no gain" if all(x == "worse" for x in known) else "worse or equal on every axis: no gain"
+    step, second = d.get("step"), d.get("time")
+    if step == "better" and second == "worse":
+        return "better per step, worse per second: not a wall-clock gain"
+    if step == "worse" and second == "better":
+        return "worse per step, better per second: a throughput gain, not a learning gain"
+    parts = ", ".join(f"{x} {AXIS_WORDS[axis]}" for axis, x in d.items() if x in ("better", "worse"))
+    return f"{parts}: mixed, not a clear gain"
+
+
+def is_gain(verdicts: dict[str, AxisVerdict]) -> bool:
+    """Seed §3: better on at least one axis and worse on none."""
+    directions = [v.direction for v in verdicts.values()]
+    return "better" in directions and "worse" not in directions
+
+
+def axis_verdicts(comparisons: dict[str, AxisComparison], group: int, noise: float | None) -> dict[str, AxisVerdict]:
+    return {axis: AxisVerdict(axis, c.difference(group), noise) for axis, c in comparisons.items()}
+
+
+def combined_noise(noises: list[float | None]) -> float | None:
+    """The larger spread of the groups being compared, when any has repeats."""
+    known = [n for n in noises if n is not None]
+    return max(known) if known else None

@@ -1,0 +1,39 @@
+"""A tiny random chat model and tokenizer for the inference tests (engine, server, browser)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from picochat.model.config import GPTConfig
+from picochat.model.gpt import GPT
+from picochat.tokenizer import train_tokenizer
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "What is 12 times 7? Let me compute that with the calculator: 12 * 7 = 84.",
+    "How many r are in strawberry? There are 3 of them, counted one by one.",
+    "Hello there! How are you today? I am fine, thank you for asking.",
+    "Numbers like 1,234 and 5,678 add up to 6,912 when you sum them carefully.",
+]
+
+
+def tiny_tokenizer(vocab_size: int = 300):
+    return train_tokenizer(CORPUS * 4, "tiny-chat", vocab_size=vocab_size, save=False)
+
+
+@torch.no_grad()
+def tiny_model(vocab_size: int, depth: int = 2, max_seq_len: int = 64, window_pattern: str = "SL",
+               seed: int = 0) -> GPT:
+    """A random GPT in which every path matters (the zero-initialised projections get weights too)."""
+    torch.manual_seed(seed)
+    config = GPTConfig(depth=depth, vocab_size=vocab_size, aspect_ratio=32, head_dim=16,
+                       max_seq_len=max_seq_len, window_pattern=window_pattern)
+    model = GPT(config)
+    model.init_weights()
+    generator = torch.Generator().manual_seed(seed + 1)
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            noise = torch.randn(p.shape, generator=generator) / math.sqrt(p.size(1))
+            p.copy_(noise * (3.0 if name == "lm_head.weight" else 1.0))
+    return model.eval()

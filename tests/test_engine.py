@@ -1,0 +1,132 @@
+"""The inference engine: KV-cache decoding, parallel samples, sampling filters, tool use, streaming text."""
+import pytest
+import torch
+
+from infer_helpers import tiny_model, tiny_tokenizer
+from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams, StreamDecoder
+from picochat.infer.sampling import filtered_probs, sample_rows
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def engine(tok):
+    return Engine(tiny_model(tok.vocab_size, max_seq_len=64, window_pattern="SL"), tok)
+
+
+def prompt_ids(tok, length: int) -> list[int]:
+    ids = tok.encode("The quick brown fox jumps over the lazy dog. What is 12 times 7? " * 8)
+    return [tok.bos_id, *ids[:length - 1]]
+
+
+@torch.no_grad()
+def full_recompute_greedy(model, prompt: list[int], num_tokens: int) -> list[int]:
+    idx = torch.tensor([prompt])
+    for _ in range(num_tokens):
+        idx = torch.cat((idx, model(idx)[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return idx[0, len(prompt):].tolist()
+
+
+def test_greedy_with_kv_cache_equals_full_recomputation_past_the_sliding_window(engine, tok):
+    window = engine.model.config.window_sizes()[0]
+    prompt = prompt_ids(tok, window + 8)  # the S layer's window is shorter than the prompt
+    tokens = next(iter(engine.generate_completions(prompt, SamplingParams(max_tokens=20, temperature=0)))).tokens
+    expected = full_recompute_greedy(engine.model, prompt, len(tokens))
+    assert len(tokens) >= 10, "the random model stopped too early for the comparison to mean much"
+    assert tokens == expected
+
+
+def test_parallel_samples_equal_separate_runs_with_the_same_seeds(engine, tok):
+    prompt = prompt_ids(tok, 12)
+    batch = engine.generate_completions(prompt, SamplingParams(max_tokens=16, temperature=1.0, top_k=50,
+                                                               seed=7, num_samples=3))
+    singles = [engine.generate_completions(prompt, SamplingParams(max_tokens=16, temperature=1.0, top_k=50,
+                                                                  seed=7 + row))[0] for row in range(3)]
+    assert [c.tokens for c in batch] == [c.tokens for c in singles]
+    assert len({tuple(c.tokens) for c in batch}) > 1, "different seeds should give different samples"
+
+
+def test_same_seed_reproduces_and_stream_matches_completions(engine, tok):
+    prompt, params = prompt_ids(tok, 10), SamplingParams(max_tokens=12, temperature=0.8, seed=3, num_samples=2)
+    streamed = [[], []]
+    for step in engine.generate(prompt, params):
+        for row, token in enumerate(step):
+            if token is not None:
+                streamed[row].append(token)
+    completions = engine.generate_completions(prompt, params)
+    for row, completion in zip(streamed, completions):
+        assert row[:len(completion.tokens)] == completion.tokens
+        assert completion.finish_reason in ("stop", "length")
+        assert len(completion.tokens) <= params.max_tokens
+
+
+def test_length_limit_and_context_limit(engine, tok):
+    [completion] = engine.generate_completions(prompt_ids(tok, 8), SamplingParams(max_tokens=3, temperature=0))
+    assert len(completion.tokens) <= 3
+    context = engine.context_length
+    assert engine.reply_budget(context - 5, 100) == 5
+    with pytest.raises(PromptTooLongError, match="context"):
+        engine.reply_budget(context, 10)
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for the GPT: its logits make each row write a fixed script, then whatever it is fed back."""
+
+    def __init__(self, real, script: list[int]):
+        super().__init__()
+        self.real, self.script, self.config, self.compute_dtype = real, script, real.config, real.compute_dtype
+        self.fed: list[int] = []  # the token fed at each decode step
+        self.calls = 0
+
+    def forward(self, idx, kv_cache=None):
+        self.real(idx, kv_cache=kv_cache)  # keeps the cache's position honest
+        if self.calls:
+            self.fed.append(int(idx[0, -1]))
+        logits = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
+        logits[:, -1, self.script[min(self.calls, len(self.script) - 1)]] = 1.0
+        self.calls += 1
+        return logits
+
+
+def test_tool_use_injects_the_calculator_result(tok):
+    special = tok.special_id
+    script = [special("<|python_start|>"), *tok.encode("12*7"), special("<|python_end|>")]
+    script += [special("<|assistant_end|>")] * 20
+    model = ScriptedModel(tiny_model(tok.vocab_size), script)
+    engine = Engine(model, tok)
+    [completion] = engine.generate_completions(prompt_ids(tok, 6), SamplingParams(max_tokens=30, temperature=0))
+    expected_output = [special("<|output_start|>"), *tok.encode("84"), special("<|output_end|>")]
+    assert completion.tokens[:len(script) - 20] == script[:-20]
+    assert completion.tokens[len(script) - 20:] == expected_output
+    assert completion.finish_reason == "stop"
+    assert model.fed[-len(expected_output):] == expected_output  # the forced tokens were fed to the model
+
+
+@pytest.mark.parametrize("stop", ["<|assistant_end|>", "<|bos|>"])
+def test_stops_on_assistant_end_or_bos(tok, stop):
+    words = tok.encode("Hello there")
+    script = [*words, tok.special_id(stop), *tok.encode("never written")]
+    engine = Engine(ScriptedModel(tiny_model(tok.vocab_size), script), tok)
+    [completion] = engine.generate_completions(prompt_ids(tok, 6), SamplingParams(max_tokens=30, temperature=0))
+    assert completion.tokens == words and completion.finish_reason == "stop"
+
+
+def test_filtered_probs_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    top2 = filtered_probs(logits, 1.0, top_k=2)
+    assert torch.allclose(top2, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    nucleus = filtered_probs(logits, 1.0, top_p=0.7)  # 0.5 + 0.3 reaches 0.7
+    assert torch.allclose(nucleus, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    assert filtered_probs(logits, 1.0, top_p=0.1)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert sample_rows(logits.repeat(2, 1), [None, None], [0, 1], temperature=0) == {0: 0, 1: 0}
+
+
+def test_stream_decoder_holds_back_incomplete_utf8(tok):
+    ids = tok.encode("héllo wörld ✓")
+    decoder = StreamDecoder(tok)
+    pieces = [decoder.push(token) for token in ids] + [decoder.flush()]
+    assert "".join(pieces) == "héllo wörld ✓"
+    assert not any("\ufffd" in piece for piece in pieces)

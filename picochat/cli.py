@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "picochat.infer.cli",
     "picochat.train.cli",
     "picochat.eval.cli",
+    "picochat.lab.cli",
 ]
 
 

@@ -1,7 +1,11 @@
 """A tiny random chat model and tokenizer for the inference tests (engine, server, browser)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
+import threading
+import time
 
 import torch
 
@@ -37,3 +41,33 @@ def tiny_model(vocab_size: int, depth: int = 2, max_seq_len: int = 64, window_pa
             noise = torch.randn(p.shape, generator=generator) / math.sqrt(p.size(1))
             p.copy_(noise * (3.0 if name == "lm_head.weight" else 1.0))
     return model.eval()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(engine, model_name: str, config):
+    """A real uvicorn server on a free loopback port, in a background thread; yields its base URL."""
+    import uvicorn  # the optional `serve` extra: only the server tests need it
+
+    from picochat.infer.server import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, model_name, config), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the test server did not start on port {port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -130,3 +130,45 @@ def test_stream_decoder_holds_back_incomplete_utf8(tok):
     pieces = [decoder.push(token) for token in ids] + [decoder.flush()]
     assert "".join(pieces) == "héllo wörld ✓"
     assert not any("\ufffd" in piece for piece in pieces)
+
+
+def test_chat_loop_keeps_history_and_obeys_clear_and_quit(engine, tok):
+    import io
+
+    from picochat.infer.chat_cli import ChatConfig, chat_loop
+    lines = iter(["Hello there", "How are you?", "/clear", "Hi", "/quit", "never read"])
+    out = io.StringIO()
+    prompts = []
+    generate = engine.generate
+
+    def recording_generate(prompt, params):
+        prompts.append(prompt)
+        return generate(prompt, params)
+
+    engine.generate = recording_generate
+    try:
+        chat_loop(engine, ChatConfig(run="tiny", max_tokens=5, temperature=0), read=lambda _: next(lines), out=out)
+    finally:
+        del engine.generate
+    user_starts = [p.count(tok.special_id("<|user_start|>")) for p in prompts]
+    assert user_starts == [1, 2, 1]  # the second turn carries the first; /clear starts over
+    assert out.getvalue().count("picochat> ") == 3 and "(new conversation)" in out.getvalue()
+
+
+def test_chat_command_one_shot_loads_a_saved_run(tok, monkeypatch, tmp_path, capsys):
+    import dataclasses
+
+    from picochat.checkpoint import run_dir, save_checkpoint
+    from picochat.cli import main
+    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
+    tok.name = "tiny-chat"
+    tok.save(tmp_path / "tokenizers" / "tiny-chat")
+    model = tiny_model(tok.vocab_size)
+    meta = {"model_config": dataclasses.asdict(model.config), "tokenizer": "tiny-chat"}
+    save_checkpoint(run_dir("tiny-run"), 1, model.state_dict(), {}, meta)
+    assert main(["chat", "--run", "tiny-run", "-p", "Hello", "--max-tokens", "6", "--temperature", "0",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip()
+    with pytest.raises(SystemExit) as exited:
+        main(["chat", "--run", "no-such-run", "-p", "Hello", "--device", "cpu"])
+    assert exited.value.code == 2 and "no-such-run" in capsys.readouterr().err

@@ -12,6 +12,15 @@ from picochat.optim import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These matmuls are tiny: on a shared 2-core machine thread hand-offs cost more than they save."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def matrix_with_condition(rows: int, cols: int, condition: float, seed: int) -> torch.Tensor:
     """U·diag(s)·Vᵀ with singular values log-spaced from 3 down to 3/condition."""
     g = torch.Generator().manual_seed(seed)
@@ -229,6 +238,7 @@ def test_state_dict_round_trip_resumes_the_same_trajectory():
 
 
 def distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     params = toy_params()
     opt = toy_optimizer(params)

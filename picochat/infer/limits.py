@@ -32,6 +32,7 @@ class ServeConfig:
     max_tokens: int = field(default=512, metadata={"help": "reply length when a request gives no max_tokens"})
     temperature: float = field(default=0.8, metadata={"help": "temperature when a request gives none"})
     top_k: int = field(default=50, metadata={"help": "top-k when a request gives none (0 = off)"})
+    seed: int | None = field(default=None, metadata={"help": "sampling seed when a request gives none (random if unset)"})
     max_queue: int = field(default=64, metadata={"help": "requests waiting for the model before 503s"})
     rate_per_minute: float = field(default=120.0, metadata={"help": "requests per minute per client (0 = unlimited)"})
     rate_burst: int = field(default=20, metadata={"help": "requests a client may send at once before rate limiting"})
@@ -116,7 +117,7 @@ def parse_chat_request(body, model_name: str, config: ServeConfig) -> ChatReques
         top_k=top_k or None,
         top_p=_number(body, "top_p", None, 0.0, 1.0),
         n=_number(body, "n", 1, 1, MAX_SAMPLES, int),
-        seed=_number(body, "seed", None, -2**63, 2**63 - 1, int),
+        seed=_number(body, "seed", config.seed, -2**63, 2**63 - 1, int),
         stream=bool(body.get("stream", False)),
     )
 

@@ -15,7 +15,7 @@ import numpy as np
 from picochat.lab.compare import AXES, compare_axis, group_label, group_noise, group_runs, run_curve, throughput
 from picochat.lab.plots import bar_plot, line_plot
 from picochat.lab.runs import Run, fmt, read_json, summarize
-from picochat.lab.verdict import (AXIS_WORDS, axis_verdicts, combined_noise, comparability_problems, is_gain,
+from picochat.lab.verdict import (axis_verdicts, combined_noise, comparability_problems, is_gain,
                                   summary_sentence, wall_clock_caveats)
 from picochat.runtime import datasets_dir, tokenizers_dir
 

@@ -205,11 +205,14 @@ TABLE_COLUMNS = (("val bpb", "val_bpb", "bpb"), ("steps", "steps", "int"), ("tok
                  ("MFU", "mfu", "pct"))
 
 
-def results_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def results_rows(rows: list[dict], raw: bool = False) -> tuple[list[str], list[list]]:
+    """The results table: run, the swept fields, status, then the summary (formatted, or raw for CSV)."""
     swept = list(dict.fromkeys(k for row in rows for k in row.get("overrides", {})))
-    header = ["run", *swept, "status", *(title for title, _, _ in TABLE_COLUMNS)]
-    table = [[row["run"], *(str(row.get("overrides", {}).get(k, "")) for k in swept), row["status"],
-              *(fmt(row.get("summary", {}).get(key), kind) for _, key, kind in TABLE_COLUMNS)] for row in rows]
+    columns = [(key if raw else title, key, kind) for title, key, kind in TABLE_COLUMNS]
+    header = ["run", *swept, "status", *(title for title, _, _ in columns)]
+    table = [[row["run"], *(row.get("overrides", {}).get(k, "") for k in swept), row["status"],
+              *((row.get("summary", {}).get(key) if raw else fmt(row.get("summary", {}).get(key), kind))
+                for _, key, kind in columns)] for row in rows]
     return header, table
 
 
@@ -218,9 +221,10 @@ def write_results_table(sweep_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
     header, table = results_rows(rows)
     md, table_csv = sweep_dir / "results.md", sweep_dir / "results.csv"
     md.write_text("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                            + ["| " + " | ".join(r) + " |" for r in table]) + "\n")
+                            + ["| " + " | ".join(map(str, r)) + " |" for r in table]) + "\n")
+    raw_header, raw_table = results_rows(rows, raw=True)
     with open(table_csv, "w", newline="") as f:
-        csv.writer(f).writerows([header, *table])
+        csv.writer(f).writerows([raw_header, *raw_table])
     return md, table_csv
 
 

@@ -20,7 +20,10 @@ import torch
 import torch.distributed as dist
 
 from picochat.errors import PicochatError
+from picochat.model.config import GPTConfig
+from picochat.model.gpt import GPT
 from picochat.runtime import runs_dir
+from picochat.tokenizer import Tokenizer
 
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
@@ -175,10 +178,6 @@ def resolve_checkpoint(name_or_path: str | Path, step: int | None = None) -> Pat
 
 def load_model_from_run(name_or_path: str | Path, runtime, step: int | None = None):
     """(model, tokenizer, meta) for eval/chat/serve: rebuilds GPTConfig from meta, loads the tokenizer named there."""
-    from picochat.model.config import GPTConfig  # noqa: PLC0415  (kept light for callers that only save)
-    from picochat.model.gpt import GPT  # noqa: PLC0415
-    from picochat.tokenizer import Tokenizer  # noqa: PLC0415
-
     path = resolve_checkpoint(name_or_path, step)
     ckpt = load_checkpoint(path, runtime.device, load_optimizer=False)
     meta = ckpt["meta"]

@@ -161,7 +161,6 @@ def test_chat_command_one_shot_loads_a_saved_run(tok, monkeypatch, tmp_path, cap
     from picochat.checkpoint import run_dir, save_checkpoint
     from picochat.cli import main
     monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
-    tok.name = "tiny-chat"
     tok.save(tmp_path / "tokenizers" / "tiny-chat")
     model = tiny_model(tok.vocab_size)
     meta = {"model_config": dataclasses.asdict(model.config), "tokenizer": "tiny-chat"}

@@ -206,6 +206,9 @@ class PackedLoader:
     def _rebuild_buffer(self, runs: list) -> None:
         for shard, row_group, doc_indices in runs:
             texts = self.dataset.read_row_group(self.split, shard, row_group)
+            if max(doc_indices, default=-1) >= len(texts):
+                raise LoaderConfigError(f"loader state names document {max(doc_indices)} of shard {shard} row group "
+                                        f"{row_group}, which holds {len(texts)}; was the dataset rebuilt?")
             docs = tokenize_documents(self.tokenizer, [texts[i] for i in doc_indices])
             for i, doc in zip(doc_indices, docs):
                 self._buffer.add((shard, row_group, i), doc)

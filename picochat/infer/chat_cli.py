@@ -44,8 +44,9 @@ def sampling_params(cfg: ChatConfig, turn: int) -> SamplingParams:
                           top_p=cfg.top_p if cfg.top_p < 1 else None, seed=cfg.seed + turn)
 
 
-def chat_loop(engine: Engine, cfg: ChatConfig, read=input, out: TextIO = sys.stdout) -> None:
+def chat_loop(engine: Engine, cfg: ChatConfig, read=input, out: TextIO | None = None) -> None:
     """The REPL: each line is a user turn; the reply streams; the conversation grows until /clear."""
+    out = out or sys.stdout
     messages: list[dict] = []
     out.write(f"picochat: talking to {cfg.run} ({HELP})\n")
     while True:
@@ -73,7 +74,8 @@ def chat_loop(engine: Engine, cfg: ChatConfig, read=input, out: TextIO = sys.std
         messages.append({"role": "assistant", "content": reply})
 
 
-def run_chat(engine: Engine, cfg: ChatConfig, out: TextIO = sys.stdout) -> None:
+def run_chat(engine: Engine, cfg: ChatConfig, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     if cfg.prompt is not None:
         stream_reply(engine, [{"role": "user", "content": cfg.prompt}], sampling_params(cfg, 0), out)
     else:

@@ -87,8 +87,8 @@ class Page:
 
 # ---- the comparison ----------------------------------------------------------------------------
 
-def compare_runs(runs: list[Run], out_dir: Path) -> dict:
-    """Plots, verdicts and the report for `runs` (the first run's group is the baseline)."""
+def compare_runs(runs: list[Run], out_dir: Path, plots: bool = True) -> dict:
+    """Verdicts, plots and the report for `runs` (the first run's group is the baseline)."""
     groups = group_runs(runs)
     labels = [group_label(g) for g in groups]
     comparisons = {axis: compare_axis(groups, axis) for axis in AXES}
@@ -104,7 +104,7 @@ def compare_runs(runs: list[Run], out_dir: Path) -> dict:
               "caveats": wall_clock_caveats(runs), "verdicts": verdicts,
               "throughput": {label: throughput(g) for label, g in zip(labels, groups)},
               "winner": winner(labels, verdicts, problems)}
-    plots = comparison_plots(runs, groups, comparisons, out_dir)
+    plots = comparison_plots(runs, groups, comparisons, out_dir) if plots else []
     result["files"] = [str(p) for p in (*plots, *comparison_page(result, plots).write(out_dir, "compare"))]
     return result
 

@@ -16,6 +16,9 @@ def register(subparsers) -> None:
                     "from the scaling-law plan; the resolved config is printed and saved in "
                     "$PICOCHAT_HOME/runs/RUN/. Multi-GPU: torchrun --nproc_per_node=K -m picochat train ...")
     add_config_args(parser, TrainConfig)
+    # torchrun's own parser reads a bare --run as an abbreviation of its --run-path and stops.
+    parser.add_argument("--run-name", dest="run", metavar="STR", default=argparse.SUPPRESS,
+                        help="the same as --run; use this spelling under torchrun")
     parser.set_defaults(func=run)
 
 

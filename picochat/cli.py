@@ -13,7 +13,6 @@ from picochat import __version__
 from picochat.errors import PicochatError
 
 COMMAND_MODULES = [
-    # "picochat.lab.plan_cli",  (each helper/stage appends its module here)
     "picochat.plan_cli",
     "picochat.tokenizer.cli",
     "picochat.data.cli",

@@ -7,7 +7,7 @@ must. The server part starts the real uvicorn server on a loopback port with a s
 small trained tokenizer, fires `--requests` short chat requests with `--concurrency` at a time and
 reports requests/s and latency percentiles. The last line of output is one JSON object.
 
-    python benchmarks/bench_decode.py [--depth 4] [--prompt-len 64] [--new-tokens 64] [--batch-sizes 1,8]
+    python benchmarks/bench_decode.py [--depth 4] [--prompt-len 64] [--new-tokens 32] [--batch-sizes 1,8]
                                       [--device cpu] [--requests 50] [--concurrency 50]
 """
 from __future__ import annotations
@@ -54,10 +54,11 @@ def decode_without_cache(model: GPT, prompt: torch.Tensor, new_tokens: int) -> N
 
 
 def tokens_per_second(run, batch: int, new_tokens: int, device: torch.device) -> float:
-    run()  # warm-up (allocator, kernels)
+    """Throughput of run(num_tokens) for new_tokens, after a short warm-up run (allocator, kernels)."""
+    run(2)
     synchronize(device)
     started = time.perf_counter()
-    run()
+    run(new_tokens)
     synchronize(device)
     return batch * new_tokens / (time.perf_counter() - started)
 
@@ -69,11 +70,12 @@ def bench_decode(args, device: torch.device) -> dict:
     prompt = torch.randint(0, tok.vocab_size - 9, (1, args.prompt_len)).tolist()[0]  # ordinary tokens only
     results = {}
     for batch in args.batch_sizes:
-        params = SamplingParams(max_tokens=args.new_tokens, temperature=0, num_samples=batch)
-        cached = tokens_per_second(lambda: engine.generate_completions(prompt, params), batch, args.new_tokens, device)
+        def with_cache(num_tokens: int) -> None:
+            engine.generate_completions(prompt, SamplingParams(max_tokens=num_tokens, temperature=0, num_samples=batch))
+
         prompts = torch.tensor([prompt] * batch, device=device)
-        uncached = tokens_per_second(lambda: decode_without_cache(model, prompts, args.new_tokens),
-                                     batch, args.new_tokens, device)
+        cached = tokens_per_second(with_cache, batch, args.new_tokens, device)
+        uncached = tokens_per_second(lambda n: decode_without_cache(model, prompts, n), batch, args.new_tokens, device)
         results[f"batch{batch}"] = {"kv_cache_tok_s": round(cached, 1), "no_cache_tok_s": round(uncached, 1),
                                     "speedup": round(cached / uncached, 2)}
         print(f"decode d{args.depth} batch {batch}: KV cache {cached:,.1f} tok/s, no cache {uncached:,.1f} tok/s "
@@ -92,7 +94,7 @@ def timed_request(url: str, index: int) -> float:
 
 
 def bench_server(args, device: torch.device) -> dict:
-    tok = tiny_tokenizer(512)
+    tok = tiny_tokenizer()
     engine = Engine(build_model(args.depth, tok.vocab_size, 512, device), tok)
     config = ServeConfig(rate_per_minute=0, max_queue=args.requests + 1)
     with running_server(engine, "bench", config) as url, ThreadPoolExecutor(args.concurrency) as pool:
@@ -115,8 +117,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--prompt-len", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 8],
+                        help="decode batch sizes, comma-separated (empty = skip the decode part)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--requests", type=int, default=50, help="server load: requests in all (0 = skip)")
     parser.add_argument("--concurrency", type=int, default=50, help="server load: requests in flight at once")

@@ -31,6 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--window-pattern", default="L")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: autodetect)")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: the runtime's choice")
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd model")
     return parser.parse_args()
 
 
@@ -39,7 +40,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(model: GPT, inputs: torch.Tensor, targets: torch.Tensor, steps: int) -> float:
+def time_steps(model, inputs: torch.Tensor, targets: torch.Tensor, steps: int) -> float:
     """Median seconds of one forward + backward (the first, warm-up step not counted)."""
     times = []
     for _ in range(steps + 1):
@@ -70,15 +71,17 @@ def main() -> None:
         model.to_empty(device=device)
         model.init_weights()
         batch = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
-        seconds = time_steps(model, batch[:, :-1], batch[:, 1:], args.steps)
-        tokens_per_sec = args.batch_size * args.seq_len / seconds
         flops = flops_per_token(config, args.seq_len)
-        rows.append((depth, config.width, model.num_params() / 1e6, flops / 1e6, seconds, tokens_per_sec,
-                     flops * tokens_per_sec / peak))
+        variants = [("eager", model)] + ([("compiled", torch.compile(model, dynamic=False))] if args.compile else [])
+        for mode, runnable in variants:
+            seconds = time_steps(runnable, batch[:, :-1], batch[:, 1:], args.steps)
+            tokens_per_sec = args.batch_size * args.seq_len / seconds
+            rows.append((depth, mode, config.width, model.num_params() / 1e6, flops / 1e6, seconds, tokens_per_sec,
+                         flops * tokens_per_sec / peak))
         del model
-    print(f"{'depth':>5} {'width':>5} {'params M':>8} {'MFLOP/tok':>9} {'step s':>7} {'tok/s':>8} {'MFU':>6}")
-    for depth, width, params, mflops, seconds, tokens_per_sec, mfu in rows:
-        print(f"{depth:>5} {width:>5} {params:>8.1f} {mflops:>9.1f} {seconds:>7.2f} {tokens_per_sec:>8,.0f} {100 * mfu:>5.1f}%")
+    print(f"{'depth':>5} {'mode':>8} {'width':>5} {'params M':>8} {'MFLOP/tok':>9} {'step s':>7} {'tok/s':>8} {'MFU':>6}")
+    for depth, mode, width, params, mflops, seconds, tokens_per_sec, mfu in rows:
+        print(f"{depth:>5} {mode:>8} {width:>5} {params:>8.1f} {mflops:>9.1f} {seconds:>7.2f} {tokens_per_sec:>8,.0f} {100 * mfu:>5.1f}%")
 
 
 if __name__ == "__main__":

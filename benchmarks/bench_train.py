@@ -30,7 +30,8 @@ REFERENCE_CPU_TOK_PER_SEC = 1200  # foundation issue: nanochat d4 on a CPU
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="wiki")
-    parser.add_argument("--vocab-size", type=int, default=32768, help="a tokenizer of this size is trained if missing")
+    parser.add_argument("--tokenizer", default=None, help="default: DATASET-VOCAB, trained if missing")
+    parser.add_argument("--vocab-size", type=int, default=32768)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--max-seq-len", type=int, default=512)
@@ -43,8 +44,8 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def ensure_tokenizer(dataset: str, vocab_size: int) -> str:
-    name = f"{dataset}-{vocab_size}"
+def ensure_tokenizer(dataset: str, vocab_size: int, name: str | None) -> str:
+    name = name or f"{dataset}-{vocab_size}"
     if not (tokenizers_dir() / name).is_dir():
         train_tokenizer(open_dataset(dataset).iter_documents("train", max_chars=50_000_000), name,
                         vocab_size=vocab_size, dataset=dataset)
@@ -53,7 +54,7 @@ def ensure_tokenizer(dataset: str, vocab_size: int) -> str:
 
 def main() -> None:
     args = parse_args()
-    tokenizer = ensure_tokenizer(args.dataset, args.vocab_size)
+    tokenizer = ensure_tokenizer(args.dataset, args.vocab_size, args.tokenizer)
     run = f"bench-d{args.depth}-{int(time.time())}"
     cfg = TrainConfig(dataset=args.dataset, tokenizer=tokenizer, run=run, depth=args.depth, head_dim=args.head_dim,
                       max_seq_len=args.max_seq_len, device_batch_size=args.device_batch_size,
@@ -64,7 +65,7 @@ def main() -> None:
     records = read_metrics(run_dir(run) / METRICS_FILE)[1:]  # the first step warms up / compiles
     result = {
         "depth": args.depth, "seq_len": args.max_seq_len, "tokens_per_step": args.total_batch_size,
-        "vocab_size": args.vocab_size, "device": cfg.device or "auto", "fp8": args.fp8, "steps_timed": len(records),
+        "tokenizer": tokenizer, "vocab_size": Tokenizer.load(tokenizer).vocab_size, "device": cfg.device or "auto", "fp8": args.fp8, "steps_timed": len(records),
         "tok_per_sec": statistics.median(r["tok_per_sec"] for r in records),
         "mfu": statistics.median(r["mfu"] for r in records),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "picochat.train.cli",
     "picochat.eval.cli",
     "picochat.lab.cli",
+    "picochat.post.cli",
 ]
 
 

@@ -1,8 +1,14 @@
 """The inference engine: KV-cache decoding, parallel samples, sampling filters, tool use, streaming text."""
+import dataclasses
+import io
+
 import pytest
 import torch
 
 from infer_helpers import tiny_model, tiny_tokenizer
+from picochat.checkpoint import run_dir, save_checkpoint
+from picochat.cli import main
+from picochat.infer.chat_cli import ChatConfig, chat_loop
 from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams, StreamDecoder
 from picochat.infer.sampling import filtered_probs, sample_rows
 
@@ -121,6 +127,7 @@ def test_filtered_probs_top_k_and_top_p():
     nucleus = filtered_probs(logits, 1.0, top_p=0.7)  # 0.5 + 0.3 reaches 0.7
     assert torch.allclose(nucleus, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
     assert filtered_probs(logits, 1.0, top_p=0.1)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert filtered_probs(logits, 1.0, top_p=0.0)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert sample_rows(logits.repeat(2, 1), [None, None], [0, 1], temperature=0) == {0: 0, 1: 0}
 
 
@@ -133,9 +140,6 @@ def test_stream_decoder_holds_back_incomplete_utf8(tok):
 
 
 def test_chat_loop_keeps_history_and_obeys_clear_and_quit(engine, tok):
-    import io
-
-    from picochat.infer.chat_cli import ChatConfig, chat_loop
     lines = iter(["Hello there", "How are you?", "/clear", "Hi", "/quit", "never read"])
     out = io.StringIO()
     prompts = []
@@ -156,10 +160,6 @@ def test_chat_loop_keeps_history_and_obeys_clear_and_quit(engine, tok):
 
 
 def test_chat_command_one_shot_loads_a_saved_run(tok, monkeypatch, tmp_path, capsys):
-    import dataclasses
-
-    from picochat.checkpoint import run_dir, save_checkpoint
-    from picochat.cli import main
     monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
     tok.save(tmp_path / "tokenizers" / "tiny-chat")
     model = tiny_model(tok.vocab_size)

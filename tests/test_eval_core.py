@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from picochat.eval.bpb import evaluate_bpb
 from picochat.eval.core import centered_score, evaluate_core, evaluate_task, write_core_results
 from picochat.eval.core_data import CoreDataError, TaskSpec, load_bundle, load_items
 from picochat.eval.core_download import DownloadError, download_with_retry, ensure_bundle
@@ -53,8 +54,13 @@ class BigramModel(torch.nn.Module):
                 table[ord(before), ord(after)] = FAVOURED
         self.register_buffer("table", table)
 
-    def forward(self, idx):
-        return self.table[idx]
+    def forward(self, idx, targets=None, loss_reduction="mean"):
+        logits = self.table[idx]
+        if targets is None:
+            return logits
+        nats = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1,
+                                                 reduction="none")
+        return nats.view(targets.shape)
 
 
 class BagOfWordsModel(torch.nn.Module):
@@ -256,17 +262,36 @@ def test_bundle_without_core_yaml_names_dir_and_fix(tmp_path):
 
 # --- distributed: items split across ranks, counts summed ------------------------------
 
-def _rank_accuracy(rank, world, init_file, out):
+BPB_BATCHES = [[[ord("a"), ord("b"), BOS, ord("c")]], [[ord("x"), ord("b"), -1, ord("z"), ord("q")]]]
+
+
+def bpb_batches(rows):
+    targets = torch.tensor(rows)
+    return [(targets.clamp(min=0), targets)]
+
+
+def byte_lengths():
+    lengths = torch.arange(VOCAB) % 3 + 1  # uneven, so weighting by bytes matters
+    lengths[BOS] = 0
+    return lengths
+
+
+def _rank_results(rank, world, init_file, out):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    out[rank] = accuracy(spec("language_modeling", ": "), LM_ITEMS)
+    core_accuracy = accuracy(spec("language_modeling", ": "), LM_ITEMS)
+    bpb = evaluate_bpb(BigramModel(FIXTURE_MODEL), bpb_batches(BPB_BATCHES[rank]), byte_lengths())
+    out[rank] = (core_accuracy, bpb)
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_two_ranks_agree_with_one_process(tmp_path):
     out = mp.Manager().dict()
-    mp.spawn(_rank_accuracy, args=(2, tmp_path / "init", out), nprocs=2)
-    assert out[0] == out[1] == pytest.approx(accuracy(spec("language_modeling", ": "), LM_ITEMS))
+    mp.spawn(_rank_results, args=(2, tmp_path / "init", out), nprocs=2)
+    both = bpb_batches(BPB_BATCHES[0]) + bpb_batches(BPB_BATCHES[1])
+    one_process_bpb = evaluate_bpb(BigramModel(FIXTURE_MODEL), both, byte_lengths())
+    assert out[0][0] == out[1][0] == pytest.approx(accuracy(spec("language_modeling", ": "), LM_ITEMS))
+    assert out[0][1] == out[1][1] == pytest.approx(one_process_bpb, rel=1e-6)
 
 
 # --- download --------------------------------------------------------------------------
@@ -340,7 +365,7 @@ def test_shared_bundle_has_18_loadable_tasks_and_names_4_missing():
 @needs_shared_bundle
 @pytest.mark.slow
 def test_untrained_model_core_is_near_zero_on_shared_bundle():
-    result = evaluate_core(BagOfWordsModel(), ByteTokenizer(), SHARED_BUNDLE, max_per_task=100, max_seq_len=256)
+    result = evaluate_core(BagOfWordsModel(), ByteTokenizer(), SHARED_BUNDLE, max_per_task=100, max_seq_len=128)
     assert len(result.tasks) == 18 and set(result.missing) == MISSING_IN_SHARED
     assert abs(result.core) < 0.02
 
@@ -424,3 +449,13 @@ def test_cli_bpb_prints_json(tmp_path, monkeypatch, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["split"] == "val" and printed["tokens"] == 2 * 64 * 2
     assert 4.0 < printed["bpb"] < 12.0  # near log2(265) = 8.05 for an untrained byte-level model
+
+
+@needs_shared_bundle
+@pytest.mark.slow
+def test_untrained_real_gpt_scores_all_present_shared_tasks():
+    tokenizer = real_byte_tokenizer()
+    result = evaluate_core(tiny_gpt(tokenizer.vocab_size, max_seq_len=64), tokenizer, SHARED_BUNDLE, max_per_task=6)
+    assert len(result.tasks) == 18 and set(result.missing) == MISSING_IN_SHARED
+    assert all(t.examples == 6 and 0.0 <= t.accuracy <= 1.0 for t in result.tasks)
+    assert abs(result.core) < 0.15  # chance level; 6 items per task leave a wide noise band

@@ -62,7 +62,15 @@ def test_faster_and_better_is_a_gain_and_the_winner(home):
     make_run("b", bpb_at=lambda s: 2.0 - 0.05 * s, seconds_per_step=0.8, config={"weight_decay": 0.3})
     result = compare_runs([load_run("a"), load_run("b")], home / "out", plots=False)
     assert result["verdicts"][0]["summary"] == "better on every axis: a real gain"
-    assert result["winner"].startswith("b beats")
+    assert result["winner"].startswith("b beats the baseline a")
+
+
+def test_each_candidate_is_compared_on_the_range_it_shares_with_the_baseline(home):
+    make_run("a", bpb_at=lambda s: 2.0 - 0.05 * s, steps=10)
+    make_run("b", bpb_at=lambda s: 2.0 - 0.06 * s, steps=10, config={"weight_decay": 0.3})
+    make_run("short", bpb_at=lambda s: 2.0 - 0.05 * s, steps=4, config={"weight_decay": 0.4})
+    result = compare_runs([load_run("a"), load_run("b"), load_run("short")], home / "out", plots=False)
+    assert result["verdicts"][0]["differences"]["step"] == pytest.approx(-0.1)  # at step 10, not 4
 
 
 @pytest.mark.parametrize("field,other", [("tokenizer", "other-tok"), ("loader_mode", "greedy"),

@@ -8,7 +8,7 @@ import torch
 
 import picochat
 from picochat.model.config import GPTConfig
-from picochat.model.gpt import GPT, Linear
+from picochat.model.gpt import GPT, Linear, causal_attention
 from picochat.model.kv_cache import KVCache
 from picochat.runtime import compute_dtype
 
@@ -97,27 +97,38 @@ def test_logits_are_soft_capped():
     assert logits.abs().max() > 0.99 * config.softcap
 
 
+@pytest.mark.parametrize("window, q_start, T", [(3, 0, 8), (8, 0, 8), (3, 5, 4), (3, 7, 1), (20, 7, 1)])
+def test_causal_attention_sees_exactly_the_window(window, q_start, T):
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, T, 8, generator=generator)
+    k, v = torch.randn(2, 2, 2, q_start + T, 8, generator=generator)  # 2 kv heads: grouped-query
+    out = causal_attention(q, k, v, window, q_start, scale=0.5)
+    for t in range(T):
+        i = q_start + t
+        keys = range(max(0, i - window + 1), i + 1)  # the `window` latest keys, itself included
+        kk, vv = k[:, :, keys].repeat_interleave(2, dim=1), v[:, :, keys].repeat_interleave(2, dim=1)
+        weights = torch.softmax(0.5 * q[:, :, t:t + 1] @ kk.transpose(-1, -2), dim=-1)
+        torch.testing.assert_close(out[:, :, t:t + 1], weights @ vv)
+
+
 @pytest.mark.parametrize("n_kv_heads", [None, 1])
 def test_greedy_decoding_with_kv_cache_matches_full_recomputation(n_kv_heads):
     # max_seq_len 16 with windows S=8, L=16; decoding to 28 tokens runs past both windows
     config = tiny_config(depth=3, max_seq_len=16, n_kv_heads=n_kv_heads, window_pattern="SSL")
     model = randomize(build(config))
-    prompt = tokens(config, 2, 6)
-    expected = model.generate_greedy(prompt, 22)
-
+    generated = tokens(config, 2, 6)
     cache = KVCache(config, batch_size=2, max_len=28)
     with torch.no_grad():
-        logits = model(prompt[:, :4], kv_cache=cache)  # prefill in two chunks: the second starts at pos 4
-        logits = model(prompt[:, 4:], kv_cache=cache)
-        generated = prompt
+        logits = model(generated[:, :4], kv_cache=cache)  # prefill in two chunks: the second starts at pos 4
+        logits = model(generated[:, 4:], kv_cache=cache)
         for _ in range(22):
-            next_token = logits[:, -1].argmax(dim=-1, keepdim=True)
-            full_logits = model(generated)[:, -1]
+            full_logits = model(generated)[:, -1]  # the whole sequence recomputed without the cache
             torch.testing.assert_close(logits[:, -1], full_logits, atol=1e-4, rtol=1e-4)
+            next_token = logits[:, -1].argmax(dim=-1, keepdim=True)
+            assert torch.equal(next_token, full_logits.argmax(dim=-1, keepdim=True))
             generated = torch.cat((generated, next_token), dim=1)
             logits = model(next_token, kv_cache=cache)
     assert cache.pos == 28
-    assert torch.equal(generated, expected)
 
 
 def test_prefill_copied_into_sample_rows_decodes_like_the_single_row():

@@ -2,6 +2,7 @@
 import json
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -99,7 +100,6 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(base_u
 
 
 def test_concurrent_requests_are_all_served(base_url):
-    from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda i: post(f"{base_url}/v1/chat/completions", chat(max_tokens=4, seed=i))[0],
                                 range(16)))

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 
 import pytest
@@ -263,3 +264,18 @@ def test_bad_input_is_refused_before_compute(home, no_compute, overrides, messag
 def test_resume_with_a_changed_depth_is_refused_before_compute(base_run, no_compute):
     with pytest.raises(PicochatError, match="cannot change the model shape.*--depth 2 -> 3"):
         train_loop.train(tiny_config(depth=3, resume=True), explicit={"run", "resume", "depth"})
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(home, monkeypatch):
+    real_measure = train_loop.measure
+
+    def measure_then_signal(s, *args):
+        if s.state.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_measure(s, *args)
+
+    monkeypatch.setattr(train_loop, "measure", measure_then_signal)
+    state = train_loop.train(tiny_config(run="signalled", save_every=0, eval_every=0))
+    assert state["step"] == 2
+    assert [p.name for p in ckpt.list_checkpoints(ckpt.run_dir("signalled"))] == ["step_000002"]

@@ -15,6 +15,7 @@ from picochat.data.dataset import open_dataset
 from picochat.data.loader import PackedLoader
 from picochat.errors import PicochatError
 from picochat.eval.bpb import evaluate_bpb
+from picochat.eval.chat_cli import register_chat
 from picochat.eval.config import BpbEvalConfig, CoreEvalConfig
 from picochat.eval.core import evaluate_core, format_core_table, write_core_results
 from picochat.eval.core_data import default_bundle_dir, load_bundle, select_tasks
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
                                          "their mean over the tasks present. Get the bundle with --download.")
     add_config_args(core, CoreEvalConfig)
     core.set_defaults(func=run_core)
+    register_chat(stages)
 
 
 def require_run(run: str) -> None:

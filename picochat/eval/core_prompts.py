@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import numpy as np
+
 from picochat.eval.core_data import TaskSpec
 
 FEWSHOT_SEED_BASE = 1234  # nanochat: random.Random(1234 + item index)
@@ -63,10 +65,8 @@ def render_language_modeling(item: dict, delimiter: str, fewshot: list[dict]) ->
 
 def common_prefix_length(sequences: list[list[int]]) -> int:
     shortest = min(len(s) for s in sequences)
-    for i in range(shortest):
-        if any(s[i] != sequences[0][i] for s in sequences):
-            return i
-    return shortest
+    differs = (np.array([s[:shortest] for s in sequences]) != sequences[0][:shortest]).any(axis=0)
+    return int(differs.argmax()) if differs.any() else shortest
 
 
 def common_suffix_length(sequences: list[list[int]]) -> int:

@@ -32,7 +32,7 @@ class ServeConfig:
     max_tokens: int = field(default=512, metadata={"help": "reply length when a request gives no max_tokens"})
     temperature: float = field(default=0.8, metadata={"help": "temperature when a request gives none"})
     top_k: int = field(default=50, metadata={"help": "top-k when a request gives none (0 = off)"})
-    seed: int | None = field(default=None, metadata={"help": "sampling seed when a request gives none (random if unset)"})
+    seed: int | None = field(default=None, metadata={"help": "sampling seed when a request gives none (else random)"})
     max_queue: int = field(default=64, metadata={"help": "requests waiting for the model before 503s"})
     rate_per_minute: float = field(default=120.0, metadata={"help": "requests per minute per client (0 = unlimited)"})
     rate_burst: int = field(default=20, metadata={"help": "requests a client may send at once before rate limiting"})

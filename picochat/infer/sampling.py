@@ -6,7 +6,8 @@ import torch
 
 def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None,
                    top_p: float | None = None) -> torch.Tensor:
-    """Probabilities [B, V] after temperature, keeping the top_k most likely and the smallest set whose mass reaches top_p."""
+    """Probabilities [B, V] after temperature, keeping only the top_k most likely tokens and then the smallest
+    set of them whose mass reaches top_p (the nucleus, arXiv 1904.09751)."""
     logits = logits.float() / temperature
     if top_k is not None and 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
@@ -15,7 +16,9 @@ def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int | None =
     if top_p is not None and top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)  # the most likely token always stays
+        outside = mass_before >= top_p
+        outside[:, 0] = False  # the most likely token always stays, so top_p = 0 is greedy
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs

@@ -92,7 +92,7 @@ def _call(node: ast.Call):
 
 
 def _eval(node: ast.AST):
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str)) and not isinstance(node.value, bool):
+    if isinstance(node, ast.Constant) and (_is_number(node.value) or isinstance(node.value, str)):
         if isinstance(node.value, str) and len(node.value) > MAX_STRING_CHARS:
             raise SandboxError("string literal too long")
         return _check_number(node.value)

@@ -186,7 +186,8 @@ def create_app(engine: Engine, model_name: str, config: ServeConfig = ServeConfi
         chat = parse_chat_request(await read_json(request), model_name, config)
         prompt, params = service.prepare(chat)
         if chat.stream:
-            return StreamingResponse(service.stream(service.start_steps(prompt, params), params), media_type="text/event-stream",
+            steps = service.start_steps(prompt, params)
+            return StreamingResponse(service.stream(steps, params), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await service.complete(prompt, params)
 

@@ -126,7 +126,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for f in fits:
         if f.law:
             power_law_plot(f.x, f.y, f.law.coefficient, f.law.exponent, f.xlabel, f.ylabel,
-                           f.name.replace("_", " "), out / f"{f.name}.png")
+                           f.name.replace("_", " "), out / f"{f.name}.png",
+                           "compute frontier" if f.name == "loss_vs_compute" else "sweep optima")
     vocab = sweep_vocab_size(rows)
     constants = fitted_constants(fits, reference_tokens(vocab, ScalingConstants()) if vocab else None)
     (out / "fits.json").write_text(json.dumps({"fits": [f.to_dict() for f in fits], "constants": constants}, indent=2) + "\n")
@@ -136,8 +137,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         for f in fits:
             if f.law:
                 low, high = f.law.ci
+                interval = f"95% CI {low:.4f} .. {high:.4f}" if f.law.n > 2 else "no interval from 2 points"
                 print(f"{f.name}: {f.ylabel} = {f.law.coefficient:.4g} x ({f.xlabel})^{f.law.exponent:.4f} "
-                      f"[95% CI {low:.4f} .. {high:.4f}], n={f.law.n}, r2={f.law.r2:.3f}")
+                      f"[{interval}], n={f.law.n}, r2={f.law.r2:.3f}")
             else:
                 print(f"{f.name}: {f.note}")
         print(f"constants: {json.dumps(constants)}\nwrote plots and fits.json in {out}")

@@ -81,11 +81,6 @@ class AxisComparison:
             return None
         return float(self.bpb[group][-1] - self.bpb[baseline][-1])
 
-    def mean_difference(self, group: int, baseline: int = 0) -> float | None:
-        if len(self.grid) == 0:
-            return None
-        return float(np.mean(self.bpb[group] - self.bpb[baseline]))
-
 
 def compare_axis(groups: list[list[Run]], axis: str, points: int = GRID_POINTS) -> AxisComparison:
     """Each group's mean bpb on a grid common to every run of every group."""

@@ -176,6 +176,7 @@ def fit_ratio(rows: list[dict]) -> FitResult:
     """The tokens:params ratio of the best run of each iso-FLOP group, fitted against compute
     (a flat law, exponent ≈ 0, means one ratio holds at every scale, as seed §12 found)."""
     best = [min(g, key=lambda r: r["summary"]["val_bpb"]) for g in iso_flop_groups(rows)]
+    best = [r for r in best if scaling_params_of(r) > 0]  # FLOPs that do not match the shape: not a real run
     ratios = [r["summary"]["tokens"] / scaling_params_of(r) for r in best]
     result = fit_points("ratio_vs_compute", [float(r["summary"]["flops"]) for r in best], ratios, "training FLOPs",
                         "compute-optimal tokens / scaling params", "2+ iso-FLOP groups of 2+ depths each")

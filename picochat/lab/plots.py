@@ -41,11 +41,11 @@ def line_plot(series: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, yla
 
 
 def power_law_plot(x: np.ndarray, y: np.ndarray, coefficient: float, exponent: float, xlabel: str, ylabel: str,
-                   title: str, path: Path) -> Path:
+                   title: str, path: Path, points_label: str = "sweep optima") -> Path:
     """Measured points and the fitted y = coefficient * x^exponent on log-log axes."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter(x, y, label="sweep optima", zorder=3)
+    ax.scatter(x, y, label=points_label, zorder=3)
     xs = np.geomspace(min(x), max(x), 100)
     ax.plot(xs, coefficient * xs ** exponent, label=f"fit: {coefficient:.3g} x^{exponent:.3f}", color="C1")
     ax.set_xscale("log")

@@ -88,15 +88,16 @@ class Page:
 # ---- the comparison ----------------------------------------------------------------------------
 
 def compare_runs(runs: list[Run], out_dir: Path, plots: bool = True) -> dict:
-    """Verdicts, plots and the report for `runs` (the first run's group is the baseline)."""
+    """Verdicts, plots and the report for `runs`: each group against the first (the baseline),
+    on the range the two of them share on each axis."""
     groups = group_runs(runs)
     labels = [group_label(g) for g in groups]
-    comparisons = {axis: compare_axis(groups, axis) for axis in AXES}
     noises = [group_noise(g) for g in groups]
     problems = comparability_problems(runs)
+    pairs = {i: {axis: compare_axis([groups[0], groups[i]], axis) for axis in AXES} for i in range(1, len(groups))}
     verdicts = []
-    for i in range(1, len(groups)):
-        v = axis_verdicts(comparisons, i, combined_noise([noises[0], noises[i]]))
+    for i, comparisons in pairs.items():
+        v = axis_verdicts(comparisons, 1, combined_noise([noises[0], noises[i]]))
         verdicts.append({"candidate": labels[i], "baseline": labels[0], "axes": {a: x.describe() for a, x in v.items()},
                          "differences": {a: x.difference for a, x in v.items()},
                          "summary": summary_sentence(v), "gain": None if problems else is_gain(v)})
@@ -104,8 +105,8 @@ def compare_runs(runs: list[Run], out_dir: Path, plots: bool = True) -> dict:
               "caveats": wall_clock_caveats(runs), "verdicts": verdicts,
               "throughput": {label: throughput(g) for label, g in zip(labels, groups)},
               "winner": winner(labels, verdicts, problems)}
-    plots = comparison_plots(runs, groups, comparisons, out_dir) if plots else []
-    result["files"] = [str(p) for p in (*plots, *comparison_page(result, plots).write(out_dir, "compare"))]
+    files = comparison_plots(runs, labels, pairs, out_dir) if plots else []
+    result["files"] = [str(p) for p in (*files, *comparison_page(result, files).write(out_dir, "compare"))]
     return result
 
 
@@ -114,25 +115,25 @@ def winner(labels: list[str], verdicts: list[dict], problems: list[str]) -> str:
         return "no winner called: the runs are not comparable (" + "; ".join(problems) + ")"
     gains = [v["candidate"] for v in verdicts if v["gain"]]
     if gains:
-        return f"{', '.join(gains)} beat{'s' if len(gains) == 1 else ''} the baseline {labels[0]} on every axis it differs"
+        return f"{', '.join(gains)} beat{'s' if len(gains) == 1 else ''} the baseline {labels[0]}: better on some axis, worse on none"
     return f"the baseline {labels[0]} stands: no candidate wins without losing on some axis"
 
 
-def comparison_plots(runs: list[Run], groups: list[list[Run]], comparisons: dict, out_dir: Path) -> list[Path]:
+def comparison_plots(runs: list[Run], labels: list[str], pairs: dict, out_dir: Path) -> list[Path]:
+    """bpb against each axis for every run, the difference to the baseline on each shared range, tok/s."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for axis, label in AXES.items():
         series = {run.name: (c.x, c.bpb) for run in runs if len((c := run_curve(run, axis)).x)}
         paths.append(line_plot(series, label, "validation bpb", f"validation bpb vs {label}",
                                out_dir / f"bpb_vs_{axis}.png", log_x=axis == "flops"))
-        common = comparisons[axis]
-        if len(common.grid) > 1:
-            deltas = {group_label(g): (common.grid, common.bpb[i] - common.bpb[0]) for i, g in enumerate(groups) if i}
-            if deltas:
-                paths.append(line_plot(deltas, label, "bpb minus baseline (negative: better)",
-                                       f"difference to {group_label(groups[0])} at common {label}",
-                                       out_dir / f"delta_vs_{axis}.png", markers=False))
-    speeds = {group_label(g): t for g in groups if (t := throughput(g)["tok_per_sec"]) is not None}
+        deltas = {labels[i]: (c.grid, c.bpb[1] - c.bpb[0]) for i, comparisons in pairs.items()
+                  if len((c := comparisons[axis]).grid) > 1}
+        if deltas:
+            paths.append(line_plot(deltas, label, "bpb minus baseline (negative: better)",
+                                   f"difference to {labels[0]} at common {label}", out_dir / f"delta_vs_{axis}.png",
+                                   markers=False, log_x=axis == "flops"))
+    speeds = {label: t for label, g in zip(labels, group_runs(runs)) if (t := throughput(g)["tok_per_sec"]) is not None}
     if speeds:
         paths.append(bar_plot(speeds, "tokens per second", "training throughput", out_dir / "tok_per_sec.png"))
     return paths

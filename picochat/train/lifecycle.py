@@ -78,6 +78,8 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # a second Ctrl-C does not wait for the step to finish
+            raise KeyboardInterrupt
         self.received = signum
 
     def requested(self, device: torch.device) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -89,15 +89,22 @@ class StepResult:
     skipped: bool  # an fp16 overflow made every rank skip the update
 
 
+def next_token_loss(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+    """Pretraining's and SFT's objective: mean cross-entropy over the targets that are not -1."""
+    inputs, targets = batch
+    return model(inputs, targets)
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator,
-               grad_accum_steps: int, scaler: GradScaler) -> StepResult:
+               grad_accum_steps: int, scaler: GradScaler, loss_fn: Callable = next_token_loss) -> StepResult:
+    """`loss_fn(model, batch)` turns one micro-batch into a scalar loss (RL passes its policy-gradient loss)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     loss_sum, data_wait = None, 0.0
     for _ in range(grad_accum_steps):
         start = time.perf_counter()
-        inputs, targets = next(batches)
+        batch = next(batches)
         data_wait += time.perf_counter() - start
-        loss = model(inputs, targets)
+        loss = loss_fn(model, batch)
         scaler.scale_loss(loss / grad_accum_steps).backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     skipped = scaler.unscale_and_check(params)

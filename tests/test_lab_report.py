@@ -1,0 +1,63 @@
+"""The report card gathers whatever stages a run has into Markdown and HTML with plots."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from picochat.cli import main
+from picochat.lab.report import Page, gpu_hours
+from test_lab_runs import make_run
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_page_renders_the_same_blocks_in_markdown_and_html(tmp_path):
+    page = Page("t")
+    page.heading("Section")
+    page.table(["a", "b"], [[1, "<x>"]])
+    page.image(tmp_path / "p.png", "a plot")
+    md, html = page.write(tmp_path, "page")
+    assert "| a | b |\n|---|---|\n| 1 | <x> |" in md.read_text() and "![a plot](p.png)" in md.read_text()
+    assert "<td>&lt;x&gt;</td>" in html.read_text() and "<img src='p.png'" in html.read_text()
+
+
+def test_gpu_hours_count_every_process():
+    assert gpu_hours({"time": 1800.0, "world_size": 8}) == pytest.approx(4.0)
+    assert gpu_hours({"time": None, "world_size": 1}) is None
+
+
+@pytest.mark.slow
+def test_report_card_with_every_stage(home, capsys):
+    path = make_run("full", seconds_per_step=36.0, env={"world_size": 2})
+    (path / "core.json").write_text(json.dumps({"core": 0.05, "missing": ["squad"],
+                                                "tasks": [{"label": "hellaswag", "accuracy": 0.3, "centered": 0.07}]}))
+    (path / "chat_eval.json").write_text(json.dumps({"gsm8k": 0.02}))
+    (path / "samples.json").write_text(json.dumps(["The capital of France is Paris"]))
+    (home / "tokenizers" / "toy-tok").mkdir(parents=True)
+    (home / "tokenizers" / "toy-tok" / "meta.json").write_text(json.dumps({"vocab_size": 300, "dataset": "toy"}))
+    (home / "datasets" / "toy").mkdir(parents=True)
+    (home / "datasets" / "toy" / "manifest.json").write_text(json.dumps(
+        {"splits": {"train": {"documents": 90, "characters": 9000, "shards": [{}]}}, "created": "today"}))
+    assert main(["report", "full", "--price-per-hour", "2.0"]) == 0
+    md = (path / "report" / "report.md").read_text()
+    for expected in ("| hellaswag | 0.3000 | 0.0700 |", "missing from the mean: squad", "gsm8k", "Paris",
+                     "| train | 90 | 9,000 | 1 |", "| vocab_size | 300 |", "0.2000 GPU-hours", "$0.40",
+                     "![loss](loss.png)", "![bpb vs time](bpb_vs_time.png)"):
+        assert expected in md, expected
+    assert (path / "report" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (path / "report" / "report.html").is_file()
+
+
+def test_report_card_tolerates_missing_stages(home):
+    path = home / "runs" / "bare"
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"dataset": "gone", "tokenizer": "gone"}))
+    assert main(["report", "bare"]) == 0
+    md = (path / "report" / "report.md").read_text()
+    assert "no manifest found" in md and "no meta.json found" in md and "CORE: not evaluated" in md
+    assert "no metrics.jsonl" in md and "no training time recorded" in md

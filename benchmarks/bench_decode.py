@@ -126,7 +126,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "threads": torch.get_num_threads(), "depth": args.depth, "decode": bench_decode(args, device)}
+              "threads": torch.get_num_threads(), "depth": args.depth}
+    if args.batch_sizes:
+        report["decode"] = bench_decode(args, device)
     if args.requests:
         report["server"] = bench_server(args, device)
     print(json.dumps(report))

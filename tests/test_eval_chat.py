@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from infer_helpers import tiny_model, tiny_tokenizer
 from picochat.eval.chat import (ChatResult, centered_accuracy, chatcore, evaluate_categorical,
@@ -100,6 +101,30 @@ def test_generative_eval_with_a_tiny_real_gpt_end_to_end(tok):
     engine = Engine(tiny_model(tok.vocab_size, max_seq_len=64), tok)
     result = evaluate_generative(engine, task, items, max_tokens=8)
     assert result.total == 2 and result.too_long == 0 and 0 <= result.correct <= 2
+
+
+GENERATIVE_ITEMS = [{"messages": [{"role": "user", "content": "q"}], "answer": a} for a in ("7", "9", "7", "5", "7")]
+
+
+def both_evaluations(tok):
+    categorical = evaluate_categorical(LetterPreferringModel(tok, "B", tok.vocab_size), tok, get_task("mmlu"),
+                                       mc_items(), batch_size=2)
+    generative = evaluate_generative(ScriptedEngine(tok, ["#### 7"]), get_task("gsm8k"), GENERATIVE_ITEMS)
+    return categorical, generative
+
+
+def _rank_results(rank, world, init_file, out):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    out[rank] = both_evaluations(tiny_tokenizer())
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_items_and_agree_with_one_process(tok, tmp_path):
+    out = mp.Manager().dict()
+    mp.spawn(_rank_results, args=(2, tmp_path / "init", out), nprocs=2)
+    assert out[0] == out[1] == both_evaluations(tok)
+    assert out[0][1].correct == 3 and out[0][0].total == len(mc_items())
 
 
 def test_centering_and_chatcore():

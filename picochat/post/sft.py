@@ -9,6 +9,7 @@ is SFT's own.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,12 +20,14 @@ import torch
 from picochat.config import config_to_dict, format_config
 from picochat.errors import PicochatError
 from picochat.eval.bpb import evaluate_bpb
+from picochat.eval.chat import chatcore, evaluate_task
 from picochat.model.accounting import flops_per_token
 from picochat.post.base import BaseRun, check_new_run, load_base_run, post_optimizer, save_post_checkpoint
 from picochat.post.mixture import load_mixture, mixture_conversations
 from picochat.post.packing import sft_batches
 from picochat.post.sources import IDENTITY_FILE, SourceContext
 from picochat.runtime import DTYPES, init_runtime, print0
+from picochat.tasks import TASK_NAMES, TaskDataError, get_task
 from picochat.tokenizer.chat import render_conversation
 from picochat.train.evaluation import is_due
 from picochat.train.lifecycle import LoopState, check_finite_loss
@@ -186,5 +189,22 @@ class SFTSession:
         return save_post_checkpoint(self.run_path, self.state.step, self.model, self.optimizer, self.base, "sft",
                                     self.cfg, dataclasses.asdict(self.state))
 
-    def chat_eval(self) -> dict | None:
-        return None
+    def chat_eval(self) -> dict:
+        """The chat evals on the first `chat_eval_max_problems` items of every task whose data is here."""
+        scores, results = {}, []
+        for name in TASK_NAMES:
+            task = get_task(name, self.cfg.data_dir)
+            try:
+                items = task.load()[:self.cfg.chat_eval_max_problems]
+            except TaskDataError as e:
+                print0(f"chat eval: skipping {name} ({e})")
+                continue
+            result = evaluate_task(self.model, self.base.tokenizer, task, items, self.cfg.device_batch_size)
+            results.append(result)
+            scores[name] = result.accuracy
+            print0(f"chat eval: {name} {result.accuracy:.4f} ({result.correct}/{result.total})")
+        if results:
+            scores["chatcore"] = chatcore(results)
+            print0(f"chat eval: ChatCORE {scores['chatcore']:.4f}")
+        (self.run_path / "chat_eval.json").write_text(json.dumps(scores, indent=2) + "\n")
+        return scores

@@ -1,0 +1,48 @@
+"""A PICOCHAT_HOME with a tiny tokenizer and a freshly initialised base run, for the SFT and RL tests."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+from picochat.checkpoint import run_dir, save_checkpoint
+from picochat.config import config_to_dict
+from picochat.post import generated
+from picochat.runtime import init_runtime
+from picochat.tokenizer import train_tokenizer
+from picochat.train.build import build_model, make_optimizer, model_config
+from picochat.train.config import TrainConfig
+
+
+def spelling_conversation(word: str) -> dict:
+    return {"messages": [{"role": "user", "content": f"Spell the word: {word}"},
+                         {"role": "assistant", "content": "-".join(word)}]}
+
+
+def pseudo_words(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [generated.pseudo_word(rng) for _ in range(count)]
+
+
+def write_jsonl(path: Path, conversations: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    return path
+
+
+def make_home(root: Path) -> None:
+    """Tokenizer `tiny` (300 ids) trained on the generated tasks' text, and run `base` at step 0."""
+    texts = [f"Spell the word: {w} " + "-".join(w) for w in pseudo_words(1000, 99)]
+    texts += [f"What is {a} {op} {b}? {a} {op} {b} = {generated.eval_arithmetic(a, op, b)}. ####"
+              for a, op, b in generated.arithmetic_items(1000, 99)]
+    train_tokenizer(texts, "tiny", vocab_size=300)
+    runtime = init_runtime("cpu", seed=0)
+    cfg = TrainConfig(dataset="none", tokenizer="tiny", run="base", depth=2, aspect_ratio=32, head_dim=32,
+                      max_seq_len=64, window_pattern="L", total_batch_size=256, device_batch_size=8,
+                      matrix_lr=0.02, embedding_lr=0.3, value_embedding_lr=0.15, lm_head_lr=0.008,
+                      resid_lambda_lr=0.005, x0_lambda_lr=0.5, weight_decay=0.0, num_iterations=1, warmup_steps=0,
+                      device="cpu", dtype="float32")
+    model = build_model(model_config(cfg, 300), runtime)
+    optimizer = make_optimizer(model, cfg, runtime)
+    meta = {"model_config": dataclasses.asdict(model.config), "run_config": config_to_dict(cfg), "tokenizer": "tiny"}
+    save_checkpoint(run_dir("base"), 0, model.state_dict(), optimizer.state_dict(), meta)

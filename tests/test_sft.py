@@ -1,0 +1,147 @@
+"""SFT: the loss mask, padded best-fit packing, sources' bad input, a finetune that learns, the offline mixture."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from picochat.checkpoint import CheckpointError, load_model_from_run
+from picochat.infer.engine import Engine, SamplingParams
+from picochat.post.mixture import SourceError
+from picochat.post.packing import IGNORE, pack_rows, row_to_example
+from picochat.post.sft import SFTConfig, sft
+from picochat.post.sources import SourceContext, load_source
+from picochat.runtime import init_runtime
+from picochat.tokenizer import Tokenizer
+from picochat.tokenizer.chat import render_conversation, render_for_completion
+from post_helpers import make_home, pseudo_words, spelling_conversation, write_jsonl
+
+SHARED_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    root = tmp_path_factory.mktemp("home")
+    previous = os.environ.get("PICOCHAT_HOME")
+    os.environ["PICOCHAT_HOME"] = str(root)
+    make_home(root)
+    yield root
+    if previous is None:
+        del os.environ["PICOCHAT_HOME"]
+    else:
+        os.environ["PICOCHAT_HOME"] = previous
+
+
+# --- the mask and the packing -----------------------------------------------------------------
+
+def test_mask_covers_exactly_what_the_assistant_writes(home):
+    tok = Tokenizer.load("tiny")
+    conversation = {"messages": [
+        {"role": "user", "content": "What is 12 * 7?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Let me compute "},
+                                          {"type": "python", "text": "12 * 7"},
+                                          {"type": "python_output", "text": "84"},
+                                          {"type": "text", "text": "It is 84."}]}]}
+    ids, mask = render_conversation(tok, conversation)
+    special = tok.special_id
+    written = ([*tok.encode("Let me compute "), special("<|python_start|>"), *tok.encode("12 * 7"),
+                special("<|python_end|>")], [*tok.encode("It is 84."), special("<|assistant_end|>")])
+    tool_output = [special("<|output_start|>"), *tok.encode("84"), special("<|output_end|>")]
+    expected_ids = [tok.bos_id, special("<|user_start|>"), *tok.encode("What is 12 * 7?"), special("<|user_end|>"),
+                    special("<|assistant_start|>"), *written[0], *tool_output, *written[1]]
+    expected_mask = [0] * (4 + len(tok.encode("What is 12 * 7?"))) + [1] * len(written[0]) \
+        + [0] * len(tool_output) + [1] * len(written[1])
+    assert ids == expected_ids and mask == expected_mask
+    _, targets = row_to_example(ids, mask)
+    assert [t for t in targets.tolist() if t != IGNORE] == [i for i, m in zip(ids, mask) if m]
+
+
+def test_packing_is_bos_aligned_padded_and_loses_no_token():
+    docs = [([0] + [5] * n, [0] + [1] * n) for n in (3, 9, 4, 7, 2, 6, 1, 8)]
+    rows = list(pack_rows(docs, row_len=12, buffer_size=4, pad_id=0))
+    assert all(len(ids) == 12 == len(mask) and ids[0] == 0 for ids, mask in rows)
+    assert sum(sum(mask) for _, mask in rows) == sum(sum(m) for _, m in docs)  # nothing cropped
+    assert sum(ids.count(5) for ids, _ in rows) == sum(len(d) - 1 for d, _ in docs)
+
+
+def test_a_conversation_longer_than_a_row_is_cut_to_the_row():
+    rows = list(pack_rows([([0] + [5] * 20, [0] + [1] * 20)], row_len=8))
+    assert rows == [([0] + [5] * 7, [0] + [1] * 7)]
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+def test_malformed_local_jsonl_names_the_file_and_line(tmp_path):
+    good = json.dumps(spelling_conversation("bako"))
+    bad = json.dumps({"messages": [{"role": "assistant", "content": "hi"}]})
+    path = tmp_path / "mine.jsonl"
+    path.write_text(good + "\n" + bad + "\n")
+    with pytest.raises(SourceError, match=r"mine.jsonl, line 2: .*role 'assistant' where 'user'"):
+        load_source("jsonl", {"path": str(path)}, SourceContext())
+    path.write_text(good + "\n{not json\n")
+    with pytest.raises(SourceError, match=r"mine.jsonl, line 2"):
+        load_source("jsonl", {"path": str(path)}, SourceContext())
+
+
+def test_gsm8k_source_renders_the_calculator_annotations(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    row = {"question": "Q?", "answer": "Half is 48/2 = <<48/2=24>>24 clips.\n#### 24"}
+    (tmp_path / "gsm8k" / "train.jsonl").write_text(json.dumps(row) + "\n")
+    [conversation] = load_source("gsm8k-train", {}, SourceContext(data_dir=tmp_path))
+    parts = conversation["messages"][1]["content"]
+    assert parts[:3] == [{"type": "text", "text": "Half is 48/2 = "}, {"type": "python", "text": "48/2"},
+                         {"type": "python_output", "text": "24"}]
+    assert parts[-1]["text"].endswith("#### 24")
+
+
+def test_a_base_run_that_does_not_exist_is_refused(home):
+    with pytest.raises(CheckpointError, match="no checkpoint found for 'missing'"):
+        sft(SFTConfig(from_run="missing", mixture="offline", device="cpu"))
+
+
+def test_an_unknown_mixture_is_refused(home):
+    with pytest.raises(SourceError, match="--mixture 'nope' is neither a built-in mixture"):
+        sft(SFTConfig(from_run="base", mixture="nope", device="cpu"))
+
+
+# --- finetuning learns ------------------------------------------------------------------------
+
+def spelling_accuracy(run: str, words: list[str]) -> float:
+    model, tok, _ = load_model_from_run(run, init_runtime("cpu"))
+    engine, correct = Engine(model, tok), 0
+    for word in words:
+        prompt = render_for_completion(tok, {"messages": spelling_conversation(word)["messages"][:1]})
+        [completion] = engine.generate_completions(prompt, SamplingParams(max_tokens=16, temperature=0))
+        correct += tok.decode(completion.tokens).strip() == "-".join(word)
+    return correct / len(words)
+
+
+@pytest.mark.slow
+def test_sft_on_spelling_beats_the_base_model_on_held_out_words(home, tmp_path):
+    torch.set_num_threads(2)
+    data = write_jsonl(tmp_path / "spell.jsonl", [spelling_conversation(w) for w in pseudo_words(4000, 1)])
+    mixture = tmp_path / "spell.yaml"
+    mixture.write_text(f"name: spell\nsources:\n  - {{source: jsonl, args: {{path: '{data}'}}}}\n")
+    held_out = [w for w in pseudo_words(40, 12345) if w not in set(pseudo_words(4000, 1))]
+    before = spelling_accuracy("base", held_out)
+    result = sft(SFTConfig(from_run="base", run="spell-sft", mixture=str(mixture), num_iterations=150,
+                           max_seq_len=32, device_batch_size=8, total_batch_size=256, lr_scale=1.0,
+                           val_conversations=50, eval_every=0, chat_eval=False, device="cpu"))
+    after = spelling_accuracy("spell-sft", held_out)
+    assert after >= before + 0.15, (before, after)
+    assert result["step"] == 150 and result["val_bpb"] is not None
+    records = [json.loads(line) for line in (home / "runs" / "spell-sft" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 150 and records[-1]["loss"] < records[0]["loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_EVAL / "gsm8k" / "train.jsonl").is_file(), reason="../shared/data/eval is absent")
+def test_offline_mixture_runs_from_local_gsm8k_and_arc(home):
+    result = sft(SFTConfig(from_run="base", run="offline-sft", mixture="offline", data_dir=str(SHARED_EVAL),
+                           num_iterations=3, device_batch_size=2, total_batch_size=128, val_conversations=20,
+                           chat_eval=False, device="cpu"))
+    model, tok, meta = load_model_from_run("offline-sft", init_runtime("cpu"))  # what chat/serve load
+    assert result["step"] == 3 and meta["stage"] == "sft" and meta["from_run"].endswith("step_000000")

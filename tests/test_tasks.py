@@ -2,7 +2,6 @@
 import gzip
 import io
 import json
-import shutil
 import tarfile
 import time
 import zipfile
@@ -12,7 +11,6 @@ import pytest
 
 from picochat.tasks import TASK_NAMES, TaskDataError, get_task, gsm8k_conversation, prompt_conversation
 from picochat.tasks.download import DownloadError, download_with_retry, ensure_task_data
-from picochat.tasks.gsm8k import tool_call_parts
 from picochat.tasks.humaneval import extract_code, humaneval_program
 from picochat.tasks.humaneval_sandbox import run_program
 

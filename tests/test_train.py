@@ -213,12 +213,13 @@ def base_run(home):
 @pytest.mark.slow
 def test_metrics_file_has_every_axis_and_val_bpb_on_eval_steps(base_run):
     records = read_metrics(base_run / METRICS_FILE)
-    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4, 5, 6]
     for r in records:
         assert set(REQUIRED_AXES) <= set(r)
-    assert [r["step"] for r in records if "val_bpb" in r] == [3, 6]
+    assert [r["step"] for r in records if "val_bpb" in r] == [0, 3, 6]
+    assert all(r["peak_memory"] > 0 for r in records[1:])
     tokens, flops, times = ([r[k] for r in records] for k in ("tokens", "flops", "time"))
-    assert tokens == [256 * s for s in range(1, 7)] and flops == sorted(flops) and times == sorted(times)
+    assert tokens == [256 * s for s in range(0, 7)] and flops == sorted(flops) and times == sorted(times)
     assert (base_run / "config.json").is_file() and json.loads((base_run / "env.json").read_text())["world_size"] == 1
 
 

@@ -58,7 +58,7 @@ class Task:
         """`path`, or an error that names it and says how to get the data."""
         if not path.exists():
             raise TaskDataError(f"{self.name}: {path} is missing; download the data with "
-                                f"`picochat eval chat --task {self.name} --download` (into {tasks_dir()}) "
+                                f"`picochat eval chat --task {self.name} --download` (into {self.data_root}) "
                                 f"or point --data-dir at a folder holding {self.folder}/")
         return path
 

@@ -29,6 +29,8 @@ class TrainConfig:
     # Horizon and batch (None: from the scaling-law plan).
     num_iterations: int | None = field(default=None, metadata=_help("optimizer steps; derived: tokens:params 10.5"))
     ratio: float | None = field(default=None, metadata=_help("tokens per scaling param for the planned horizon"))
+    constants: str | None = field(default=None, metadata=_help(
+        "JSON file of fitted scaling constants (`picochat fit --write-constants`); derived: the seed's"))
     total_batch_size: int | None = field(default=None, metadata=_help("tokens per optimizer step, over all devices"))
     device_batch_size: int = field(default=32, metadata=_help("sequences per micro-batch per device (memory only)"))
     # Optimizer (None: from the plan).

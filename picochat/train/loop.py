@@ -7,6 +7,7 @@ same on all ranks.
 from __future__ import annotations
 
 import dataclasses
+import resource
 import time
 from dataclasses import dataclass
 
@@ -69,6 +70,8 @@ def run_loop(s: Session) -> None:
     if state.step == 0:
         state.val_bpb = evaluate(s)
         print0(f"step 0 | val bpb {state.val_bpb:.4f}")
+        s.logger.log({"step": 0, "tokens": 0, "flops": 0.0, "time": 0.0, "loss": None, "lr": None,
+                      "tok_per_sec": None, "mfu": None, "val_bpb": state.val_bpb})
     with StopRequest() as stop:
         try:
             while state.step < cfg.num_iterations:
@@ -105,7 +108,15 @@ def measure(s: Session, result: StepResult, seconds: float, lrm: float) -> dict:
     mfu = model_flops_utilization(s.run.plan.flops_per_token, tok_per_sec, s.peak_flops, s.runtime.world_size)
     return {"step": state.step, "tokens": state.tokens, "flops": state.flops, "time": state.train_time,
             "loss": result.loss, "lr": cfg.matrix_lr * lrm, "lrm": lrm, "tok_per_sec": tok_per_sec, "mfu": mfu,
-            "data_wait": result.data_wait / seconds, "skipped": result.skipped}
+            "data_wait": result.data_wait / seconds, "skipped": result.skipped,
+            "peak_memory": peak_memory_bytes(s.runtime.device)}
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak device memory (CUDA allocator) or, on CPU, the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def evaluate(s: Session) -> float:

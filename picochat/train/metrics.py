@@ -61,6 +61,8 @@ class ConsoleLogger(Logger):
 
     def log(self, record: dict) -> None:
         step = record["step"]
+        if record["loss"] is None:  # the step-0 evaluation, which the loop prints itself
+            return
         if step % self.every == 0 or "val_bpb" in record or step == self.num_iterations:
             print0(progress_line(record, self.num_iterations))
 

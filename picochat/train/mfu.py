@@ -12,20 +12,14 @@ import time
 import torch
 import torch.distributed as dist
 
-# Dense bf16 FLOP/s from the vendors' datasheets (reference facts, "Peak table").
-BF16_PEAK_FLOPS = {
-    "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12,
-    "A100": 312e12, "L40S": 362e12, "L4": 121e12, "B200": 2.25e15,
-}
+from picochat import hardware
+
 HEALTHY_MFU = 0.40  # seed §5: "train/mfu should be >40%"
 
 
 def gpu_peak_flops(device_name: str) -> float | None:
-    """Longest matching key first, so "H100 NVL" is not read as "H100"."""
-    for key in sorted(BF16_PEAK_FLOPS, key=len, reverse=True):
-        if key.lower() in device_name.lower():
-            return BF16_PEAK_FLOPS[key]
-    return None
+    """The datasheet bf16 peak (picochat/hardware.py's table; MFU is against bf16 also under fp8)."""
+    return hardware.peak_flops(device_name, "bfloat16")
 
 
 @functools.cache  # once per process: the CPU's peak does not change between runs

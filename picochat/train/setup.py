@@ -20,7 +20,7 @@ from picochat.config import format_config, save_config
 from picochat.data.dataset import Dataset, open_dataset
 from picochat.errors import PicochatError
 from picochat.runtime import Runtime, print0
-from picochat.scaling import Plan, make_plan
+from picochat.scaling import Plan, load_constants, make_plan
 from picochat.tokenizer import Tokenizer
 from picochat.train.build import check_fp8, model_config
 from picochat.train.config import LR_FIELDS, SHAPE_FIELDS, TrainConfig
@@ -116,6 +116,7 @@ def prepare_run(cfg: TrainConfig, explicit: set[str] | None, runtime: Runtime) -
         check_same_shape(dataclasses.asdict(shape), read_meta(resume_from)["model_config"], resume_from)
     plan = make_plan(cfg.depth, tokenizer.vocab_size, cfg.aspect_ratio, cfg.head_dim, cfg.max_seq_len,
                      cfg.window_pattern, cfg.ratio, cfg.total_batch_size, cfg.num_iterations,
+                     constants=load_constants(cfg.constants) if cfg.constants else None,
                      n_kv_heads=cfg.n_kv_heads)
     cfg = resolve(cfg, plan, tokenizer, runtime)
     accum = check_batch(cfg.total_batch_size, cfg.device_batch_size, cfg.max_seq_len, runtime.world_size)

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "picochat.eval.cli",
     "picochat.lab.cli",
     "picochat.post.cli",
+    "picochat.speedrun.cli",
 ]
 
 

@@ -127,14 +127,14 @@ def test_sft_on_spelling_beats_the_base_model_on_held_out_words(home, tmp_path):
     mixture.write_text(f"name: spell\nsources:\n  - {{source: jsonl, args: {{path: '{data}'}}}}\n")
     held_out = [w for w in pseudo_words(40, 12345) if w not in set(pseudo_words(4000, 1))]
     before = spelling_accuracy("base", held_out)
-    result = sft(SFTConfig(from_run="base", run="spell-sft", mixture=str(mixture), num_iterations=150,
+    result = sft(SFTConfig(from_run="base", run="spell-sft", mixture=str(mixture), num_iterations=100,
                            max_seq_len=32, device_batch_size=8, total_batch_size=256, lr_scale=1.0,
                            val_conversations=50, eval_every=0, chat_eval=False, device="cpu"))
     after = spelling_accuracy("spell-sft", held_out)
     assert after >= before + 0.15, (before, after)
-    assert result["step"] == 150 and result["val_bpb"] is not None
+    assert result["step"] == 100 and result["val_bpb"] is not None
     records = [json.loads(line) for line in (home / "runs" / "spell-sft" / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 150 and records[-1]["loss"] < records[0]["loss"]
+    assert len(records) == 100 and records[-1]["loss"] < records[0]["loss"]
 
 
 @pytest.mark.slow

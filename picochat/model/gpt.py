@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from picochat.model.accounting import VE_GATE_CHANNELS
 from picochat.model.config import GPTConfig
@@ -19,6 +20,7 @@ from picochat.model.kv_cache import KVCache
 
 QK_SCALE = 1.2  # q and k are multiplied by it after QK-norm (nanochat)
 ROTARY_MARGIN = 10  # rotary tables cover 10x max_seq_len, so inference may run past the training length
+CPU_CHUNK_ELEMENTS = 2**20  # 4 MB of fp32 logits per chunk: the loss's elementwise passes run in cache
 
 
 class Linear(nn.Linear):
@@ -153,6 +155,48 @@ class Block(nn.Module):
         return x + self.mlp(norm(x))
 
 
+def _row_chunks(n_rows: int, n_cols: int, device: torch.device) -> list[slice]:
+    # a CPU works through cache-sized chunks; a GPU takes all rows at once (one launch per op, nothing to unroll)
+    step = max(1, CPU_CHUNK_ELEMENTS // n_cols) if device.type == "cpu" else n_rows
+    return [slice(i, i + step) for i in range(0, n_rows, step)]
+
+
+class SoftcappedCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy (0 where the target is -1) of softcap·tanh(logits/softcap), fused by hand.
+
+    Left to autograd, the soft-cap and the loss make a dozen passes over the [N, vocab] logits and allocate
+    four more tensors of that size, which costs as much as the lm_head matmul on CPU. Here the only such
+    tensor holds tanh(logits/softcap), and the backward writes the gradient over it.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, softcap):
+        capped = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
+        for rows in _row_chunks(*logits.shape, logits.device):
+            t = torch.div(logits[rows], softcap, out=capped[rows]).tanh_()
+            lse[rows] = torch.logsumexp(t * softcap, dim=-1)
+        valid = targets != -1
+        safe_targets = targets.clamp(min=0)
+        target_logits = capped.gather(1, safe_targets[:, None]).squeeze(1) * softcap
+        ctx.save_for_backward(capped, lse, safe_targets, valid)
+        ctx.softcap = softcap
+        return (lse - target_logits) * valid
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        capped, lse, safe_targets, valid = ctx.saved_tensors
+        row_scale = (grad_loss * valid)[:, None]
+        for rows in _row_chunks(*capped.shape, capped.device):
+            t = capped[rows]
+            grad = (t * ctx.softcap).sub_(lse[rows, None]).exp_()  # softmax of the capped logits
+            grad.scatter_add_(1, safe_targets[rows, None], grad.new_full((grad.size(0), 1), -1.0))
+            grad.mul_(row_scale[rows])
+            t.square_().sub_(1).mul_(grad).neg_()  # times d(softcap·tanh(x/softcap))/dx = 1 - tanh²
+        return capped, None, None
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -216,12 +260,15 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         logits = self.lm_head(norm(x))[..., :self.config.vocab_size].float()  # padded vocab rows dropped
         softcap = self.config.softcap
-        logits = (logits / softcap).tanh_() * softcap  # soft-cap in fp32; in place saves a logits-sized copy
         if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-1, reduction=loss_reduction)
-        return loss.view(B, T) if loss_reduction == "none" else loss
+            return torch.tanh(logits / softcap) * softcap  # soft-cap in fp32
+        targets = targets.reshape(-1)
+        nats = SoftcappedCrossEntropy.apply(logits.view(B * T, -1), targets, softcap)
+        if loss_reduction == "none":
+            return nats.view(B, T)
+        if loss_reduction == "sum":
+            return nats.sum()
+        return nats.sum() / (targets != -1).sum()
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The optimizer's groups (ARCHITECTURE.md); every parameter is in exactly one."""

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-from picochat.config import config_to_dict, format_config
 from picochat.errors import PicochatError
 from picochat.infer.engine import Engine, SamplingParams
 from picochat.post import generated
-from picochat.post.base import check_new_run, load_base_run, post_optimizer, save_post_checkpoint
+from picochat.post.base import check_new_run, load_base_run, post_optimizer, record_post_run, save_post_checkpoint
 from picochat.post.packing import IGNORE
 from picochat.runtime import DTYPES, init_runtime, print0
 from picochat.tasks.base import last_number_matches, prompt_conversation
@@ -45,9 +44,11 @@ class RLConfig:
     step: int | None = field(default=None, metadata=_help("which checkpoint of --from; derived: the latest"))
     run: str | None = field(default=None, metadata=_help("the new run's name; derived: {from}-rl"))
     task: str = field(default="gsm8k", metadata=_help("the task with a verifiable reward", choices=list(TASKS)))
-    data_dir: str | None = field(default=None, metadata=_help("folder holding gsm8k/train.jsonl; derived: $PICOCHAT_HOME/tasks"))
+    data_dir: str | None = field(default=None, metadata=_help("folder holding gsm8k/train.jsonl; "
+                                                               "derived: $PICOCHAT_HOME/tasks"))
     num_iterations: int = field(default=100, metadata=_help("optimizer steps"))
     problems_per_step: int = field(default=16, metadata=_help("problems sampled per step"))
+    max_problems: int | None = field(default=None, metadata=_help("cycle through only the first N (shuffled) problems"))
     samples_per_problem: int = field(default=16, metadata=_help("completions per problem (k of pass@k)"))
     max_new_tokens: int = field(default=256, metadata=_help("tokens per completion at most"))
     temperature: float = field(default=1.0, metadata=_help("sampling temperature"))
@@ -139,6 +140,25 @@ def policy_gradient_loss(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
     return (nats * advs[:, None]).sum() / (targets >= 0).sum().clamp(min=1)
 
 
+def sample_problems(engine: Engine, problems: list[dict], step: int, cfg: RLConfig, output_start: int,
+                    output_end: int) -> tuple[list, list[float], int, int]:
+    """This step's problems, k samples each: (pg examples, rewards, problems solved, sampled tokens)."""
+    examples, rewards, solved, sampled = [], [], 0, 0
+    for i in range(cfg.problems_per_step):
+        index = step * cfg.problems_per_step + i
+        item = problems[index % len(problems)]
+        prompt = render_for_completion(engine.tokenizer, prompt_conversation(item))
+        params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                                seed=cfg.seed + index * cfg.samples_per_problem, num_samples=cfg.samples_per_problem)
+        rows = sample_rows(engine, prompt, params)
+        group = [reward(cfg.task, item, completion_text(engine.tokenizer, row)) for row in rows]
+        rewards += group
+        solved += any(r > 0 for r in group)
+        sampled += sum(len(row) for row in rows)
+        examples += pg_examples(prompt, rows, advantages(group), output_start, output_end)
+    return examples, rewards, solved, sampled
+
+
 # --- the loop ---------------------------------------------------------------------------------
 
 def rl(cfg: RLConfig) -> dict:
@@ -152,33 +172,23 @@ def rl(cfg: RLConfig) -> dict:
         runtime = dataclasses.replace(runtime, dtype=DTYPES[cfg.dtype])
     problems = load_problems(cfg.task, cfg.data_dir, cfg.seed)
     random.Random(cfg.seed).shuffle(problems)
+    problems = problems[:cfg.max_problems] if cfg.max_problems else problems
     cfg = dataclasses.replace(cfg, run=cfg.run_name(), device=runtime.device.type,
                               dtype=str(runtime.dtype).removeprefix("torch."))
-    print0(format_config(cfg, title=f"rl config ({run_path})"))
-    run_path.mkdir(parents=True, exist_ok=True)
+    record_post_run(cfg, run_path, runtime, "rl")
     model, tokenizer = base.model, base.tokenizer
     engine = Engine(model, tokenizer)
     optimizer = post_optimizer(base, runtime, cfg.lr_scale)
-    scaler, state, logger = GradScaler(enabled=runtime.dtype == torch.float16), LoopState(), JsonlLogger(run_path / METRICS_FILE)
+    scaler, state = GradScaler(enabled=runtime.dtype == torch.float16), LoopState()
+    logger = JsonlLogger(run_path / METRICS_FILE)
     output_start, output_end = tokenizer.special_id("<|output_start|>"), tokenizer.special_id("<|output_end|>")
     mean_rewards, checkpoint = [], None
     try:
         while state.step < cfg.num_iterations:
             lrm = apply_schedules(optimizer, state.step, cfg.num_iterations, 0, 1.0, 0.0)  # linear decay to 0
             start = time.perf_counter()
-            examples, rewards, solved, sampled = [], [], 0, 0
-            for i in range(cfg.problems_per_step):
-                item = problems[(state.step * cfg.problems_per_step + i) % len(problems)]
-                prompt = render_for_completion(tokenizer, prompt_conversation(item))
-                params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                                        seed=cfg.seed + (state.step * cfg.problems_per_step + i) * cfg.samples_per_problem,
-                                        num_samples=cfg.samples_per_problem)
-                rows = sample_rows(engine, prompt, params)
-                group = [reward(cfg.task, item, completion_text(tokenizer, row)) for row in rows]
-                rewards += group
-                solved += any(r > 0 for r in group)
-                sampled += sum(len(row) for row in rows)
-                examples += pg_examples(prompt, rows, advantages(group), output_start, output_end)
+            batch = sample_problems(engine, problems, state.step, cfg, output_start, output_end)
+            examples, rewards, solved, sampled = batch
             sample_seconds = time.perf_counter() - start
             batches = [collate(examples[j:j + cfg.device_batch_size], tokenizer.bos_id, runtime.device)
                        for j in range(0, len(examples), cfg.device_batch_size)]

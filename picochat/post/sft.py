@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from picochat.config import config_to_dict, format_config
+from picochat.config import config_to_dict
 from picochat.errors import PicochatError
 from picochat.eval.bpb import evaluate_bpb
 from picochat.eval.chat import chatcore, evaluate_task
 from picochat.model.accounting import flops_per_token
-from picochat.post.base import BaseRun, check_new_run, load_base_run, post_optimizer, save_post_checkpoint
+from picochat.post.base import (BaseRun, check_new_run, load_base_run, post_optimizer, record_post_run,
+                                 save_post_checkpoint)
 from picochat.post.mixture import load_mixture, mixture_conversations
 from picochat.post.packing import sft_batches
 from picochat.post.sources import IDENTITY_FILE, SourceContext
@@ -75,13 +76,17 @@ class SFTConfig:
 
 
 def render_all(tokenizer, conversations: list[dict], row_len: int) -> tuple[list[tuple[list[int], list[int]]], int]:
-    """Every conversation as (ids, mask), cut to one row; returns them and how many were cut."""
+    """Every conversation as (ids, mask), cut to one row; returns them and how many were cut.
+
+    One whose cut leaves no assistant token is dropped: a micro-batch of such rows has no target
+    and its mean loss would be 0/0."""
     rendered, cut = [], 0
     for i, conversation in enumerate(conversations):
         ids, mask = render_conversation(tokenizer, conversation)
         if len(ids) > row_len:
             ids, mask, cut = ids[:row_len], mask[:row_len], cut + 1
-        rendered.append((ids, mask))
+        if any(mask[1:]):
+            rendered.append((ids, mask))
         if (i + 1) % 100_000 == 0:
             print0(f"  rendered {i + 1:,} / {len(conversations):,} conversations")
     return rendered, cut
@@ -120,10 +125,10 @@ def sft(cfg: SFTConfig) -> dict:
     val, train = rendered[:held_out], rendered[held_out:]
     cfg = resolve(cfg, base, runtime, sum(len(ids) for ids, _ in train))
     accum = check_batch(cfg.total_batch_size, cfg.device_batch_size, cfg.max_seq_len, runtime.world_size)
-    print0(format_config(cfg, title=f"sft config ({run_path})"))
-    print0(f"{len(train):,} training conversations ({cut:,} cut to {row_len} tokens), {held_out} held out; "
+    record_post_run(cfg, run_path, runtime, "sft")
+    print0(f"{len(train):,} training conversations ({cut:,} cut to {row_len} tokens, "
+           f"{len(conversations) - len(rendered):,} dropped with nothing left to train on), {held_out} held out; "
            f"{cfg.num_iterations} steps of {cfg.total_batch_size:,} tokens ({accum} micro-batches)")
-    run_path.mkdir(parents=True, exist_ok=True)
     return SFTSession(cfg, base, runtime, train, val, accum, run_path).run()
 
 

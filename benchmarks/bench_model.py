@@ -62,7 +62,7 @@ def main() -> None:
         peak, peak_source = peak_flops(device, device_name(device))
     print(f"device {device_name(device)}, {torch.get_num_threads()} threads, dtype {str(dtype).removeprefix('torch.')}, "
           f"peak {peak / 1e9:,.1f} GFLOP/s ({peak_source})")
-    rows = []
+    table = [f"{'depth':>5} {'mode':>8} {'width':>5} {'params M':>8} {'MFLOP/tok':>9} {'step s':>7} {'tok/s':>7} {'MFU':>6}"]
     for depth in args.depth:
         config = GPTConfig(depth=depth, vocab_size=args.vocab_size, head_dim=args.head_dim,
                            max_seq_len=args.seq_len, window_pattern=args.window_pattern)
@@ -76,12 +76,12 @@ def main() -> None:
         for mode, runnable in variants:
             seconds = time_steps(runnable, batch[:, :-1], batch[:, 1:], args.steps)
             tokens_per_sec = args.batch_size * args.seq_len / seconds
-            rows.append((depth, mode, config.width, model.num_params() / 1e6, flops / 1e6, seconds, tokens_per_sec,
-                         flops * tokens_per_sec / peak))
+            mfu = flops * tokens_per_sec / peak
+            table.append(f"{depth:>5} {mode:>8} {config.width:>5} {model.num_params() / 1e6:>8.1f} {flops / 1e6:>9.1f} "
+                         f"{seconds:>7.2f} {tokens_per_sec:>7,.0f} {100 * mfu:>5.1f}%")
+            print(table[-1], flush=True)
         del model
-    print(f"{'depth':>5} {'mode':>8} {'width':>5} {'params M':>8} {'MFLOP/tok':>9} {'step s':>7} {'tok/s':>8} {'MFU':>6}")
-    for depth, mode, width, params, mflops, seconds, tokens_per_sec, mfu in rows:
-        print(f"{depth:>5} {mode:>8} {width:>5} {params:>8.1f} {mflops:>9.1f} {seconds:>7.2f} {tokens_per_sec:>8,.0f} {100 * mfu:>5.1f}%")
+    print("\n".join(table))
 
 
 if __name__ == "__main__":

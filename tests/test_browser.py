@@ -8,6 +8,8 @@ pytest.importorskip("fastapi", reason="the server needs FastAPI (pip install -e 
 pytest.importorskip("uvicorn", reason="the server needs uvicorn (pip install -e '.[serve]')")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 
+import time  # noqa: E402
+
 from infer_helpers import running_server, tiny_model, tiny_tokenizer  # noqa: E402
 from picochat.infer.engine import Engine  # noqa: E402
 from picochat.infer.limits import ServeConfig  # noqa: E402
@@ -26,12 +28,21 @@ WATCH_REPLY = """() => {
 }"""
 
 
+class PacedEngine(Engine):
+    """Yields a token every 30 ms, so a loaded machine cannot coalesce the whole stream into one page update."""
+
+    def generate(self, prompt, params):
+        for tokens in super().generate(prompt, params):
+            time.sleep(0.03)
+            yield tokens
+
+
 @pytest.mark.slow
 def test_typed_message_gets_a_streamed_reply_and_new_conversation_clears(tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
     tok = tiny_tokenizer()
-    engine = Engine(tiny_model(tok.vocab_size, max_seq_len=128), tok)
+    engine = PacedEngine(tiny_model(tok.vocab_size, max_seq_len=128), tok)
     config = ServeConfig(max_tokens=40, temperature=1.0, top_k=0, seed=0, rate_per_minute=0)
     with running_server(engine, "tiny-test", config) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -60,6 +60,14 @@ def test_distributed_commands_run_under_torchrun_on_gpu_presets(home):
     assert cpu[1:] == ["-m", "picochat", *command.args]
 
 
+def test_core_runs_on_a_present_bundle_and_is_skipped_without_one(tmp_path):
+    ctx = Context(PRESETS["cpu"], "r", "pystdlib", core_bundle=tmp_path)
+    assert stages.core_commands(ctx) == [] and str(tmp_path) in stages.core_skip_reason(ctx)
+    (tmp_path / "core.yaml").write_text("icl_tasks: []\n")
+    args = stages.core_commands(ctx)[0].args
+    assert args[:2] == ("eval", "core") and args[args.index("--max-per-task") + 1] == "20"
+
+
 def test_gpt2_preset_is_the_reference_recipe():
     ctx = Context(PRESETS["gpt2"], "r", "climbmix", nproc=8)
     args = stages.pretrain_commands(ctx)[0].args
@@ -71,70 +79,72 @@ def test_gpt2_preset_is_the_reference_recipe():
 # ---- the runner, on stages that only write files -----------------------------------------------
 
 def fake_stages(root: Path, names=("a", "b", "c")) -> tuple[Stage, ...]:
-    """Each stage's one command is `python -c` writing root/NAME; its output is that file."""
-    def make(name: str) -> Stage:
-        write = f"import pathlib; pathlib.Path({str(root / name)!r}).write_text('ok')"
-        return Stage(name, lambda ctx: [Command(("-c", write))], lambda ctx: [root / name])
-    return tuple(make(n) for n in names)
+    """Stage NAME's one command is `fake NAME`; its output is the file root/NAME."""
+    return tuple(Stage(n, lambda ctx, n=n: [Command(("fake", n))], lambda ctx, n=n: [root / n]) for n in names)
 
 
 class Recorder:
-    """An `execute` that records which stage ran and can fail one of them."""
+    """An `execute` that records which stages ran, writes their output file, and can fail one of them."""
 
-    def __init__(self, fail: str | None = None):
-        self.ran, self.fail = [], fail
+    def __init__(self, root: Path, fail: str | None = None):
+        self.root, self.fail, self.ran = root, fail, []
 
     def __call__(self, argv: list[str], log: Path) -> tuple[int, str]:
-        name = Path(eval(argv[-1].split("Path(")[1].split(")")[0])).name  # the file the command writes
+        name = argv[-1]
         self.ran.append(name)
         if name == self.fail:
-            log.write_text("boom\n")
             return 3, "boom\n"
-        (log.parent.parent.parent.parent / name).write_text("ok")  # state_dir/logs -> run -> runs -> home
+        (self.root / name).write_text("ok")
         return 0, ""
 
 
 def test_failed_stage_keeps_finished_ones_and_the_next_run_resumes_there(home, monkeypatch):
-    monkeypatch.setattr(runner, "STAGES", fake_stages(home / "runs"))
+    root = home / "outputs"
+    root.mkdir(parents=True)
+    monkeypatch.setattr(runner, "STAGES", fake_stages(root))
     monkeypatch.setattr(runner, "STAGE_NAMES", ("a", "b", "c"))
     ctx = Context(PRESETS["cpu"], "r", "pystdlib")
-    first = Recorder(fail="b")
+    first = Recorder(root, fail="b")
     with pytest.raises(StageFailedError) as e:
         run_speedrun(ctx, execute=first)
     assert "'b'" in str(e.value) and "b.log" in str(e.value) and "resume" in str(e.value)
     assert first.ran == ["a", "b"]
     saved = json.loads((ctx.state_dir / "speedrun.json").read_text())
     assert list(saved["stages"]) == ["a"]
-    second = Recorder()
+    second = Recorder(root)
     state = run_speedrun(ctx, execute=second)
     assert second.ran == ["b", "c"]  # a is not run again
     assert list(state["stages"]) == ["a", "b", "c"]
-    third = Recorder()
+    third = Recorder(root)
     run_speedrun(ctx, execute=third)
     assert third.ran == []
 
 
 def test_marker_without_outputs_reruns_and_from_stage_forces(home, monkeypatch):
-    monkeypatch.setattr(runner, "STAGES", fake_stages(home / "runs"))
+    root = home / "outputs"
+    root.mkdir(parents=True)
+    monkeypatch.setattr(runner, "STAGES", fake_stages(root))
     monkeypatch.setattr(runner, "STAGE_NAMES", ("a", "b", "c"))
     ctx = Context(PRESETS["cpu"], "r", "pystdlib")
-    run_speedrun(ctx, execute=Recorder())
-    (home / "runs" / "b").unlink()  # the marker says done, the file says otherwise
-    again = Recorder()
+    run_speedrun(ctx, execute=Recorder(root))
+    (root / "b").unlink()  # the marker says done, the file says otherwise
+    again = Recorder(root)
     run_speedrun(ctx, execute=again)
     assert again.ran == ["b"]
-    forced = Recorder()
+    forced = Recorder(root)
     run_speedrun(ctx, from_stage="b", execute=forced)
     assert forced.ran == ["b", "c"]
     with pytest.raises(PicochatError, match="not a stage"):
-        run_speedrun(ctx, from_stage="nope", execute=Recorder())
+        run_speedrun(ctx, from_stage="nope", execute=Recorder(root))
 
 
 def test_a_run_keeps_its_preset(home, monkeypatch):
-    monkeypatch.setattr(runner, "STAGES", fake_stages(home / "runs", ("a",)))
-    run_speedrun(Context(PRESETS["cpu"], "r", "pystdlib"), execute=Recorder())
+    root = home / "outputs"
+    root.mkdir(parents=True)
+    monkeypatch.setattr(runner, "STAGES", fake_stages(root, ("a",)))
+    run_speedrun(Context(PRESETS["cpu"], "r", "pystdlib"), execute=Recorder(root))
     with pytest.raises(PicochatError, match="--preset cpu"):
-        run_speedrun(Context(PRESETS["d12"], "r", "climbmix"), execute=Recorder())
+        run_speedrun(Context(PRESETS["d12"], "r", "climbmix"), execute=Recorder(root))
 
 
 # ---- the real thing, in miniature ----------------------------------------------------------------
@@ -148,19 +158,13 @@ MINI = dataclasses.replace(
     bpb_tokens=512, core_max_per_task=2,
     sft_args=("--num-iterations", "2", "--val-conversations", "10", "--eval-every", "0", "--log-every", "1"),
     sft_generated_counts=(40, 20, 40), chat_eval_max_problems=2, sample_max_tokens=4)
-SHARED_CORE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval" / "core"
 
 
 @pytest.mark.slow
 def test_miniature_cpu_speedrun_runs_every_stage_and_resumes_after_a_failure(home, monkeypatch, capsys):
     build_pystdlib(max_files=30)
-    bundle = home / "core_bundle"
-    if SHARED_CORE.is_dir():  # CORE on one small task of the shared bundle; without it the stage says it skips
-        bundle.mkdir(parents=True)
-        (bundle / "core.yaml").write_text((SHARED_CORE / "core.yaml").read_text())
-        (bundle / "eval_meta_data.csv").write_text((SHARED_CORE / "eval_meta_data.csv").read_text())
-        (bundle / "eval_data").symlink_to(SHARED_CORE / "eval_data")
-    ctx = Context(MINI, "mini", "pystdlib", core_bundle=bundle)
+    monkeypatch.setattr(stages, "SAMPLE_PROMPTS", stages.SAMPLE_PROMPTS[:1])  # one model load, not three
+    ctx = Context(MINI, "mini", "pystdlib", core_bundle=home / "no_bundle")
 
     def fail_at_sft(argv, log):
         if "sft" in argv:
@@ -180,11 +184,9 @@ def test_miniature_cpu_speedrun_runs_every_stage_and_resumes_after_a_failure(hom
 
     state = run_speedrun(ctx, execute=recording)
     assert ran[0] == "sft" and "train" not in ran and "tokenizer" not in ran
-    assert set(STAGE_NAMES) - {"core"} <= set(state["stages"])
+    assert set(STAGE_NAMES) - {"data", "core"} <= set(state["stages"])  # data: built above, so never run here
+    assert "core: skipped: no CORE bundle" in capsys.readouterr().out
     assert json.loads((ctx.run_dir / "bpb.json").read_text())["bpb"] > 0
-    samples = json.loads((ctx.sft_dir / "samples.json").read_text())
-    assert len(samples) == len(stages.SAMPLE_PROMPTS)
+    assert len(json.loads((ctx.sft_dir / "samples.json").read_text())) == 1
     assert (ctx.sft_dir / "chat_eval.json").is_file()
     assert "Samples" in (ctx.sft_dir / "report" / "report.md").read_text()
-    if SHARED_CORE.is_dir():
-        assert (ctx.run_dir / "core.json").is_file()

@@ -156,8 +156,10 @@ class Block(nn.Module):
 
 
 def _row_chunks(n_rows: int, n_cols: int, device: torch.device) -> list[slice]:
-    # a CPU works through cache-sized chunks; a GPU takes all rows at once (one launch per op, nothing to unroll)
-    step = max(1, CPU_CHUNK_ELEMENTS // n_cols) if device.type == "cpu" else n_rows
+    # an eager CPU works through cache-sized chunks; a GPU takes all rows at once (one launch per op), and so
+    # does a compiled graph, which fuses the passes itself and would only unroll the loop
+    chunked = device.type == "cpu" and not torch.compiler.is_compiling()
+    step = max(1, CPU_CHUNK_ELEMENTS // n_cols) if chunked else n_rows
     return [slice(i, i + step) for i in range(0, n_rows, step)]
 
 
@@ -254,7 +256,9 @@ class GPT(nn.Module):
         x = x0 = norm(self.wte(idx).to(self.compute_dtype))
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            value_embed = self.value_embeds[str(i)](idx).to(self.compute_dtype) if str(i) in self.value_embeds else None
+            value_embed = None
+            if str(i) in self.value_embeds:
+                value_embed = self.value_embeds[str(i)](idx).to(self.compute_dtype)
             x = block(x, value_embed, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
@@ -262,13 +266,11 @@ class GPT(nn.Module):
         softcap = self.config.softcap
         if targets is None:
             return torch.tanh(logits / softcap) * softcap  # soft-cap in fp32
+        if loss_reduction not in ("mean", "none"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'none', got {loss_reduction!r}")
         targets = targets.reshape(-1)
         nats = SoftcappedCrossEntropy.apply(logits.view(B * T, -1), targets, softcap)
-        if loss_reduction == "none":
-            return nats.view(B, T)
-        if loss_reduction == "sum":
-            return nats.sum()
-        return nats.sum() / (targets != -1).sum()
+        return nats.view(B, T) if loss_reduction == "none" else nats.sum() / (targets != -1).sum()
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The optimizer's groups (ARCHITECTURE.md); every parameter is in exactly one."""

@@ -54,11 +54,11 @@ def save_state(ctx: Context, state: dict) -> None:
 
 
 def is_done(stage: Stage, ctx: Context, state: dict) -> bool:
-    """Its outputs exist, and it finished in this speedrun (a dataset or tokenizer counts whoever made it)."""
+    """Its outputs exist, and (unless they suffice) this speedrun recorded that the stage finished."""
     outputs = stage.outputs(ctx)
     if not outputs or not all(p.exists() for p in outputs):
         return False
-    return stage.shared or stage.name in state["stages"]
+    return stage.outputs_suffice or stage.name in state["stages"]
 
 
 def process_argv(command: Command, ctx: Context) -> list[str]:
@@ -145,9 +145,9 @@ def run_speedrun(ctx: Context, from_stage: str | None = None, dry_run: bool = Fa
             stage.finish(ctx, outputs)
         produced = stage.outputs(ctx)
         if not produced or not all(p.exists() for p in produced):
-            raise StageFailedError(f"stage {stage.name!r} ran but did not leave its outputs "
+            raise StageFailedError(f"stage {stage.name!r} stopped before leaving its outputs "
                                    f"({', '.join(map(str, produced)) or 'a final checkpoint'}); see its log "
-                                   f"{log_path(ctx, stage)}")
+                                   f"{log_path(ctx, stage)}; rerun the same command to continue it")
         state["stages"][stage.name] = {"seconds": round(time.monotonic() - started, 1),
                                        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                        "outputs": [str(p) for p in produced]}

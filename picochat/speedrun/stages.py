@@ -85,7 +85,9 @@ class Stage:
     commands: Callable[[Context], list[Command]]  # [] = nothing to do here (the reason is printed)
     outputs: Callable[[Context], list[Path]]  # [] or a missing file: not done
     finish: Callable[[Context, list[str]], None] | None = None  # each command's output -> the stage's files
-    shared: bool = False  # a dataset or tokenizer: done when its files exist, whoever made them
+    # done when its outputs exist, whoever made them (a dataset, a tokenizer, a finished pretraining run
+    # launched by hand, e.g. multi-node); other stages also need this speedrun's record that they ran
+    outputs_suffice: bool = False
     skip_reason: Callable[[Context], str] | None = None
 
 
@@ -268,10 +270,10 @@ def report_commands(ctx: Context) -> list[Command]:
 
 
 STAGES = (
-    Stage("data", data_commands, dataset_outputs, shared=True),
-    Stage("tokenizer", tokenizer_commands, lambda ctx: [tokenizers_dir() / ctx.tokenizer / "meta.json"], shared=True),
+    Stage("data", data_commands, dataset_outputs, outputs_suffice=True),
+    Stage("tokenizer", tokenizer_commands, lambda ctx: [tokenizers_dir() / ctx.tokenizer / "meta.json"], outputs_suffice=True),
     Stage("tokenizer-eval", tokenizer_eval_commands, lambda ctx: [ctx.state_dir / "logs" / "tokenizer-eval.log"]),
-    Stage("pretrain", pretrain_commands, pretrain_outputs),
+    Stage("pretrain", pretrain_commands, pretrain_outputs, outputs_suffice=True),
     Stage("bpb", bpb_commands, lambda ctx: [ctx.run_dir / "bpb.json"], finish=write_bpb),
     Stage("core", core_commands, lambda ctx: [ctx.run_dir / "core.json"], skip_reason=core_skip_reason),
     Stage("sft", sft_commands, lambda ctx: latest_checkpoint_outputs(ctx.sft_dir)),

@@ -35,7 +35,7 @@ def test_gpu_hours_count_every_process():
 def test_report_card_with_every_stage(home, capsys):
     path = make_run("full", seconds_per_step=36.0, env={"world_size": 2})
     (path / "core.json").write_text(json.dumps({"core": 0.05, "missing": ["squad"],
-                                                "tasks": [{"label": "hellaswag", "accuracy": 0.3, "centered": 0.07}]}))
+                                                "tasks": {"hellaswag": {"accuracy": 0.3, "centered": 0.07, "examples": 10}}}))
     (path / "chat_eval.json").write_text(json.dumps({"gsm8k": 0.02}))
     (path / "samples.json").write_text(json.dumps(["The capital of France is Paris"]))
     (home / "tokenizers" / "toy-tok").mkdir(parents=True)

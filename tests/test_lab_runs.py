@@ -55,7 +55,7 @@ def test_summary_reads_the_last_record_and_the_last_evaluation(home):
 
 def test_core_and_peak_memory_are_picked_up_when_present(home):
     path = make_run("a", extra={"peak_memory_mib": 123.0})
-    (path / "core.json").write_text(json.dumps({"core": 0.123, "tasks": [], "missing": []}))
+    (path / "core.json").write_text(json.dumps({"core": 0.123, "tasks": {}, "missing": []}))
     s = summarize(load_run("a"))
     assert s["core"] == 0.123 and s["peak_memory"] == 123.0
 

@@ -248,13 +248,21 @@ def training_section(page: Page, run: Run, s: dict, out_dir: Path) -> list[Path]
     return plots
 
 
+def core_tasks(core: dict) -> dict[str, dict]:
+    """`picochat eval core` writes {"tasks": {label: {accuracy, centered, examples}}}."""
+    tasks = core.get("tasks", {})
+    if isinstance(tasks, list):  # tolerate a list of {label, ...} records
+        return {t.get("label", t.get("task", "?")): t for t in tasks}
+    return tasks
+
+
 def evals_section(page: Page, run: Run) -> None:
     page.heading("Evaluations")
     if run.bpb:
         page.text("bpb.json: " + ", ".join(f"{k} {v}" for k, v in run.bpb.items()))
     if run.core:
-        rows = [[t.get("label", t.get("task")), fmt(t.get("accuracy"), "bpb"), fmt(t.get("centered"), "bpb")]
-                for t in run.core.get("tasks", run.core.get("task_details", []))]
+        rows = [[label, fmt(t.get("accuracy"), "bpb"), fmt(t.get("centered"), "bpb")]
+                for label, t in core_tasks(run.core).items()]
         page.table(["task", "accuracy", "centered"], rows + [["CORE", "", fmt(run.core.get("core"), "bpb")]])
         if run.core.get("missing"):
             page.text("missing from the mean: " + ", ".join(run.core["missing"]))

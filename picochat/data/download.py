@@ -24,8 +24,9 @@ from typing import Callable
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from picochat.data.shards import MANIFEST_NAME, SPLITS, ShardInfo, sha256_of, shard_name, write_manifest
+from picochat.data.shards import MANIFEST_NAME, SPLITS, ShardInfo, shard_name, write_manifest
 from picochat.errors import PicochatError
+from picochat.fetch import sha256_of
 from picochat.runtime import datasets_dir, print0
 
 ATTEMPTS = 5  # nanochat's dataset.py: 5 attempts, back-off 2^attempt seconds

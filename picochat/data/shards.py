@@ -6,7 +6,6 @@ zstd-compressed (the layout nanochat's pretraining shards use). Every file is wr
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from picochat.fetch import sha256_of
 
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val")
@@ -37,14 +38,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     fsync_and_rename(tmp, path)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -8,49 +8,22 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Callable
 
-from picochat.errors import PicochatError
+from picochat import fetch as _fetch
 from picochat.eval.core_data import default_bundle_dir
+from picochat.fetch import ATTEMPTS, DownloadError, Fetch, urlopen_fetch
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
-ATTEMPTS = 5  # as nanochat's shard downloads: 5 tries, waits of 1, 2, 4, 8 s
-CHUNK_BYTES = 1 << 20
+BY_HAND = ", or download it by hand and pass the unpacked folder with --bundle"
 
 
-class DownloadError(PicochatError):
-    """The bundle could not be fetched or unpacked."""
-
-
-def urlopen_fetch(url: str, destination: Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response, destination.open("wb") as out:
-        shutil.copyfileobj(response, out, CHUNK_BYTES)
-
-
-def download_with_retry(url: str, destination: Path, fetch: Callable[[str, Path], None] = urlopen_fetch,
+def download_with_retry(url: str, destination: Path, fetch: Fetch = urlopen_fetch,
                         attempts: int = ATTEMPTS, backoff_seconds: float = 1.0) -> Path:
     """`fetch(url, path)` into `destination.part`, retried with back-off, renamed when whole."""
-    partial = destination.with_name(destination.name + ".part")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, attempts + 1):
-        try:
-            fetch(url, partial)
-            partial.replace(destination)
-            return destination
-        except OSError as e:
-            partial.unlink(missing_ok=True)
-            if attempt == attempts:
-                raise DownloadError(f"could not download {url} after {attempts} attempts ({e}); check the network, "
-                                    f"or download it by hand and pass the unpacked folder with --bundle") from e
-            wait = backoff_seconds * 2 ** (attempt - 1)
-            print(f"download of {url} failed ({e}); retrying in {wait:.0f}s ({attempt}/{attempts})",
-                  file=sys.stderr, flush=True)
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+    return _fetch.download_with_retry(url, destination, fetch, attempts=attempts, backoff_seconds=backoff_seconds,
+                                      error=DownloadError, hint=BY_HAND)
 
 
 def unpack_bundle(zip_path: Path, bundle_dir: Path) -> Path:
@@ -76,7 +49,7 @@ def unpack_bundle(zip_path: Path, bundle_dir: Path) -> Path:
 
 
 def ensure_bundle(bundle_dir: Path | None = None, url: str = BUNDLE_URL,
-                  fetch: Callable[[str, Path], None] = urlopen_fetch, backoff_seconds: float = 1.0) -> Path:
+                  fetch: Fetch = urlopen_fetch, backoff_seconds: float = 1.0) -> Path:
     """The bundle folder, downloaded and unpacked first if it has no core.yaml."""
     bundle_dir = Path(bundle_dir) if bundle_dir is not None else default_bundle_dir()
     if (bundle_dir / "core.yaml").is_file():

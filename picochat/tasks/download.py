@@ -8,22 +8,17 @@ publishes checksums; the pinned ones are of the files as published (the same byt
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import tarfile
-import time
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from picochat import fetch as _fetch
+from picochat.fetch import ATTEMPTS, Fetch, sha256_of, urlopen_fetch  # noqa: F401 (sha256_of: public name)
 from picochat.tasks.base import TaskDataError
-
-ATTEMPTS = 5  # waits of 1, 2, 4, 8 s between tries
-CHUNK_BYTES = 1 << 20
-Fetch = Callable[[str, Path], None]
 
 
 @dataclass(frozen=True)
@@ -63,50 +58,20 @@ SOURCES: dict[str, list[Source]] = {
 }
 
 
-class DownloadError(TaskDataError):
+class DownloadError(TaskDataError, _fetch.DownloadError):
     """A task's source that could not be fetched, verified or unpacked."""
 
 
-def urlopen_fetch(url: str, destination: Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response, destination.open("wb") as out:
-        shutil.copyfileobj(response, out, CHUNK_BYTES)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(path: Path, expected: str | None) -> None:
-    if expected and (actual := sha256_of(path)) != expected:
-        raise DownloadError(f"{path} has SHA-256 {actual}, expected {expected}; the source changed or the "
-                            f"download is corrupt; delete it and try again")
+    _fetch.verify(path, expected, error=DownloadError)
 
 
 def download_with_retry(url: str, destination: Path, fetch: Fetch = urlopen_fetch, sha256: str | None = None,
                         attempts: int = ATTEMPTS, backoff_seconds: float = 1.0) -> Path:
     """`fetch(url, path)` into `destination.part`, checked, renamed when whole; retried with back-off."""
-    partial = destination.with_name(destination.name + ".part")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, attempts + 1):
-        try:
-            fetch(url, partial)
-            verify(partial, sha256)
-            partial.replace(destination)
-            return destination
-        except (OSError, DownloadError) as e:
-            partial.unlink(missing_ok=True)
-            if attempt == attempts:
-                raise DownloadError(f"could not download {url} after {attempts} attempts ({e}); check the "
-                                    f"network, or fetch it by hand into {destination.parent}") from e
-            wait = backoff_seconds * 2 ** (attempt - 1)
-            print(f"download of {url} failed ({e}); retrying in {wait:.0f}s ({attempt}/{attempts})",
-                  file=sys.stderr, flush=True)
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+    return _fetch.download_with_retry(url, destination, fetch, sha256, attempts=attempts,
+                                      backoff_seconds=backoff_seconds, error=DownloadError,
+                                      hint=f", or fetch it by hand into {destination.parent}")
 
 
 def arc_destination(member: str) -> str | None:

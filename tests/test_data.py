@@ -1,6 +1,7 @@
 """Datasets: import formats, the split, shards and manifest, resume, corruption, download, pystdlib, CLI."""
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import json
@@ -19,6 +20,7 @@ from picochat.data.dataset import CorruptShardError, DatasetNotFoundError, list_
 from picochat.data.importer import DatasetImportError, ImportConfig, import_dataset, is_val_document
 from picochat.data.pystdlib import PYSTDLIB, ensure_pystdlib
 from picochat.data.sources import SourceFormatError, guess_format
+from picochat.fetch import sha256_of
 from picochat.runtime import datasets_dir
 from picochat.tokenizer import train_tokenizer
 
@@ -231,10 +233,18 @@ def test_interrupted_import_resumes_without_rewriting_finished_shards(tmp_path, 
     with pytest.raises(DatasetNotFoundError, match="unfinished"):
         open_dataset("r")
     mtimes = {p: p.stat().st_mtime_ns for p in finished}
+    assert not list((datasets_dir() / "r").rglob("*.tmp"))  # the unfinished shards were closed and dropped
     resumed = import_dataset(files, "r", config)
     assert {p: p.stat().st_mtime_ns for p in finished} == mtimes
     clean = import_dataset(files, "clean", config)
     assert resumed["splits"] == clean["splits"] and resumed["skipped"] == clean["skipped"]
+    # Nothing of the interrupted import may touch the shards later, whenever the garbage collector runs.
+    gc.collect()
+    for name, manifest in (("r", resumed), ("clean", clean)):
+        for split in ("train", "val"):
+            for shard in manifest["splits"][split]["shards"]:
+                assert sha256_of(datasets_dir() / name / shard["file"]) == shard["sha256"], (name, shard["file"])
+    assert all_docs("r") == all_docs("clean")
 
 
 def test_rerun_of_a_complete_import_says_so_and_force_rebuilds(tmp_path, capsys):

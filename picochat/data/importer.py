@@ -126,6 +126,11 @@ class ImportRun:
             self.writers[split].add(*self.held[split])
         self.held[split] = (text, position)
 
+    def abort(self) -> None:
+        """After an interruption or error: close and delete the unfinished shards, keep the finished ones."""
+        for writer in self.writers.values():
+            writer.abort()
+
     def finish(self) -> None:
         """Keep val (and train) non-empty when there are >= 2 documents, then close the last shards."""
         total = lambda s: self.routed[s] + sum(i.documents for i in self.writers[s].finished)
@@ -218,9 +223,11 @@ def import_dataset(paths: list[Path], name: str, config: ImportConfig | None = N
                 run.save_state()  # only now and then: the state is a speed-up for resuming, shards are the truth
         run.finish()
     except KeyboardInterrupt:
+        run.abort()
         print0(f"import {name}: interrupted; finished shards are kept, rerun the same command to resume")
         raise
     except Exception:
+        run.abort()
         if not run.has_progress:
             shutil.rmtree(root)  # nothing worth resuming: leave no half-made dataset behind
         raise

@@ -102,11 +102,30 @@ class ShardWriter:
         if not self._buffer:
             return
         if self._writer is None:
+            # A fresh inode, never a truncated reuse of a stale `.tmp`: an interrupted writer that is still
+            # open (and closed later, e.g. by the garbage collector) would write its footer into this shard.
+            self._tmp_path.unlink(missing_ok=True)
             self._writer = pq.ParquetWriter(self._tmp_path, TEXT_SCHEMA, compression="zstd")
         table = pa.Table.from_pydict({"text": self._buffer}, schema=TEXT_SCHEMA)
         self._writer.write_table(table, row_group_size=len(self._buffer))
         self._row_groups += 1
         self._buffer = []
+
+    def abort(self) -> None:
+        """Drop the unfinished shard: close its writer now and delete its `.tmp` (finished shards are kept).
+
+        Without this an interrupted writer stays open until the garbage collector closes it, and its
+        footer then lands in whatever file the same `.tmp` path holds by that time.
+        """
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass  # the partial file is deleted below either way
+        self._tmp_path.unlink(missing_ok=True)
+        self._buffer = []
+        self._docs = self._chars = self._row_groups = 0
 
     def close_shard(self) -> ShardInfo | None:
         """Finish the current shard (if it holds anything): flush, fsync, rename, record."""

@@ -280,3 +280,20 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(home, monkeypatch):
     state = train_loop.train(tiny_config(run="signalled", save_every=0, eval_every=0))
     assert state["step"] == 2
     assert [p.name for p in ckpt.list_checkpoints(ckpt.run_dir("signalled"))] == ["step_000002"]
+
+
+def test_a_fitted_constants_file_changes_the_derived_plan(home, tmp_path):
+    from picochat.runtime import init_runtime
+    from picochat.train.setup import prepare_run
+    constants = tmp_path / "fitted.json"
+    constants.write_text(json.dumps({"ratio": 21.0}))
+    derived = dict(num_iterations=None, total_batch_size=256)
+    reference = prepare_run(tiny_config(run="plan-ref", **derived), None, init_runtime("cpu"))
+    fitted = prepare_run(tiny_config(run="plan-fit", constants=str(constants), **derived), None, init_runtime("cpu"))
+    assert fitted.cfg.ratio == 21.0 and reference.cfg.ratio == 10.5
+    assert fitted.cfg.num_iterations == pytest.approx(2 * reference.cfg.num_iterations, abs=1)
+
+
+def test_a_missing_constants_file_is_refused_before_compute(home, no_compute):
+    with pytest.raises(PicochatError, match="constants file"):
+        train_loop.train(tiny_config(run="fresh", constants="/nonexistent/fitted.json"))

@@ -17,7 +17,7 @@ D12_SHARDS = 40
 GPT2_SHARDS = 170
 
 # At 2,048 tokens per step the plan's sqrt(B / 2^19) scaling would put Muon at 0.00125, which learns too
-# slowly for a 300-step run (~600k tokens, ~1e13 FLOPs: minutes on 2 cores); these are the plan's d4 rates at B = 2^17 (`picochat plan --depth 4
+# slowly for a 200-step run (~400k tokens, ~1e13 FLOPs: minutes on 2 cores); these are the plan's d4 rates at B = 2^17 (`picochat plan --depth 4
 # --head-dim 64 --max-seq-len 256 --vocab-size 4096 --total-batch-size 131072`), checked to bring the
 # loss down steadily on pystdlib (benchmarks/RESULTS.md).
 CPU_LEARNING_RATES = ("--matrix-lr", "0.01", "--embedding-lr", "0.26", "--value-embedding-lr", "0.13",
@@ -52,11 +52,11 @@ PRESETS = {
         name="cpu", summary="d4 on a 2-core CPU in about 15 minutes, offline (pystdlib) when there is no network",
         depth=4, shards=1, offline_fallback=True, vocab_size=4096, tokenizer_max_chars=5_000_000, gpus=0,
         train_args=("--head-dim", "64", "--window-pattern", "L", "--max-seq-len", "256",
-                    "--device-batch-size", "8", "--total-batch-size", "2048", "--num-iterations", "300",
+                    "--device-batch-size", "8", "--total-batch-size", "2048", "--num-iterations", "200",
                     "--warmup-steps", "10", "--eval-every", "50", "--eval-tokens", "16384",
                     "--sample-every", "0", "--save-every", "50", "--log-every", "10", *CPU_LEARNING_RATES),
-        bpb_tokens=65_536, core_max_per_task=10,
-        sft_args=("--num-iterations", "150", "--val-conversations", "100", "--eval-every", "0",
+        bpb_tokens=65_536, core_max_per_task=20,
+        sft_args=("--num-iterations", "100", "--val-conversations", "100", "--eval-every", "0",
                   "--log-every", "10"),
         sft_generated_counts=(3000, 1500, 3000), chat_eval_max_problems=50, sample_max_tokens=48),
     "d12": Preset(

@@ -55,7 +55,7 @@ PRESETS = {
                     "--device-batch-size", "8", "--total-batch-size", "2048", "--num-iterations", "200",
                     "--warmup-steps", "10", "--eval-every", "50", "--eval-tokens", "16384",
                     "--sample-every", "0", "--save-every", "50", "--log-every", "10", *CPU_LEARNING_RATES),
-        bpb_tokens=65_536, core_max_per_task=20,
+        bpb_tokens=65_536, core_max_per_task=10,
         sft_args=("--num-iterations", "100", "--val-conversations", "100", "--eval-every", "0",
                   "--log-every", "10"),
         sft_generated_counts=(3000, 1500, 3000), chat_eval_max_problems=50, sample_max_tokens=48),

@@ -32,6 +32,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: autodetect)")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: the runtime's choice")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd model")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     return parser.parse_args()
 
 
@@ -54,6 +55,8 @@ def time_steps(model, inputs: torch.Tensor, targets: torch.Tensor, steps: int) -
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device or autodetect_device_type())
     dtype = compute_dtype(device, args.dtype)
     if device.type == "cpu":

@@ -65,7 +65,7 @@ def test_core_runs_on_a_present_bundle_and_is_skipped_without_one(tmp_path):
     assert stages.core_commands(ctx) == [] and str(tmp_path) in stages.core_skip_reason(ctx)
     (tmp_path / "core.yaml").write_text("icl_tasks: []\n")
     args = stages.core_commands(ctx)[0].args
-    assert args[:2] == ("eval", "core") and args[args.index("--max-per-task") + 1] == "20"
+    assert args[:2] == ("eval", "core") and args[args.index("--max-per-task") + 1] == str(PRESETS["cpu"].core_max_per_task)
 
 
 def test_gpt2_preset_is_the_reference_recipe():

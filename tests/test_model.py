@@ -269,3 +269,9 @@ def test_build_on_meta_device_then_materialise():
     torch.testing.assert_close(model.cos, reference.cos)
     torch.testing.assert_close(model.sin, reference.sin)
     assert torch.isfinite(model(tokens(config, 1, 8))).all()
+
+
+def test_a_width_too_narrow_for_the_value_embedding_gate_is_refused():
+    from picochat.model.config import GPTConfig, ModelConfigError
+    with pytest.raises(ModelConfigError, match="at least 12"):
+        GPTConfig(depth=1, aspect_ratio=4, head_dim=4)

@@ -76,6 +76,9 @@ class GPTConfig:
             allowed = ", ".join(f"{k} ({v})" for k, v in WINDOW_LETTERS.items())
             raise ModelConfigError(
                 f"window_pattern {self.window_pattern!r} may only use the letters {allowed}, e.g. SSSL or L")
+        if self.width < 12:  # the value-embedding gate reads the first 12 channels (accounting.VE_GATE_CHANNELS)
+            raise ModelConfigError(f"width {self.width} (depth {self.depth} x aspect_ratio {self.aspect_ratio}, "
+                                   f"rounded to head_dim {self.head_dim}) must be at least 12; raise either")
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise ModelConfigError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} "

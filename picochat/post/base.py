@@ -7,23 +7,20 @@ run_config and tokenizer), so `picochat chat` / `serve` / `eval` load it unchang
 from __future__ import annotations
 
 import dataclasses
-import json
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import picochat
 from picochat.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, run_dir, save_checkpoint
-from picochat.config import config_to_dict, format_config, save_config
+from picochat.config import config_to_dict
 from picochat.errors import PicochatError
 from picochat.model.config import GPTConfig
 from picochat.runtime import Runtime, print0
 from picochat.tokenizer import Tokenizer
 from picochat.train.build import build_model, make_optimizer
 from picochat.train.config import LR_FIELDS, TrainConfig
-from picochat.train.setup import git_provenance
+from picochat.train.setup import record_run
 
 
 @dataclass
@@ -89,15 +86,7 @@ def post_optimizer(base: BaseRun, runtime: Runtime, lr_scale: float, warm_start:
 
 
 def record_post_run(cfg, run: Path, runtime: Runtime, stage: str) -> None:
-    """Print the resolved config; rank 0 saves config.json and env.json (provenance) as pretraining does."""
-    print0(format_config(cfg, title=f"{stage} config ({run})"))
-    if not runtime.is_master:
-        return
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.json")
-    env = {"picochat": picochat.__version__, **git_provenance(), "torch": torch.__version__,
-           "python": platform.python_version(), **runtime.describe()}
-    (run / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    record_run(cfg, run, runtime, stage)
 
 
 def save_post_checkpoint(run: Path, step: int, model: torch.nn.Module, optimizer, base: BaseRun, stage: str,

@@ -152,9 +152,10 @@ def git_provenance() -> dict:
     return {"commit": commit or None, "dirty": dirty if commit else None}
 
 
-def record_run(cfg: TrainConfig, run: Path, runtime: Runtime) -> None:
-    """Print the resolved config; rank 0 saves config.json and env.json (provenance) in the run dir."""
-    print0(format_config(cfg, title=f"train config ({run})"))
+def record_run(cfg, run: Path, runtime: Runtime, stage: str = "train") -> None:
+    """Print the resolved config; rank 0 saves config.json and env.json (provenance) in the run dir.
+    Every stage (train, sft, rl) records its run this one way."""
+    print0(format_config(cfg, title=f"{stage} config ({run})"))
     if not runtime.is_master:
         return
     run.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,11 @@ import typing
 from pathlib import Path
 
 
+def field_help(text: str, **extra) -> dict:
+    """A field's metadata: its flag's help text, plus e.g. `choices` or `metavar`."""
+    return {"help": text, **extra}
+
+
 def _base_type(annotation):
     """The concrete type of a field annotation, unwrapping `X | None` and Optional[X]."""
     origin = typing.get_origin(annotation)

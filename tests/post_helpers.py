@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
+
+import pytest
 
 from picochat.checkpoint import run_dir, save_checkpoint
 from picochat.config import config_to_dict
@@ -47,3 +50,17 @@ def make_home(root: Path) -> None:
     optimizer = make_optimizer(model, cfg, runtime)
     meta = {"model_config": dataclasses.asdict(model.config), "run_config": config_to_dict(cfg), "tokenizer": "tiny"}
     save_checkpoint(run_dir("base"), 0, model.state_dict(), optimizer.state_dict(), meta)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A PICOCHAT_HOME holding the tiny tokenizer and base run (`make_home`), for one test module."""
+    root = tmp_path_factory.mktemp("home")
+    previous = os.environ.get("PICOCHAT_HOME")
+    os.environ["PICOCHAT_HOME"] = str(root)
+    make_home(root)
+    yield root
+    if previous is None:
+        del os.environ["PICOCHAT_HOME"]
+    else:
+        os.environ["PICOCHAT_HOME"] = previous

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch
 from picochat.post.packing import IGNORE
 from picochat.post.rl import RLConfig, advantages, collate, pg_examples, policy_gradient_loss, rl, sampled_mask
 from picochat.post.sft import SFTConfig, sft
-from post_helpers import make_home
+from post_helpers import home  # noqa: F401  (a module-scoped fixture)
 
 OUT_START, OUT_END = 100, 101
 
@@ -45,19 +44,6 @@ def test_a_step_on_the_pg_loss_makes_good_samples_likelier_and_bad_ones_rarer():
             p -= 0.5 * p.grad
     after = forward(batch[0], batch[1]).detach()
     assert after[0, 1] < before[0, 1] and after[1, 1] > before[1, 1]  # nats: lower = likelier
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    root = tmp_path_factory.mktemp("home")
-    previous = os.environ.get("PICOCHAT_HOME")
-    os.environ["PICOCHAT_HOME"] = str(root)
-    make_home(root)
-    yield root
-    if previous is None:
-        del os.environ["PICOCHAT_HOME"]
-    else:
-        os.environ["PICOCHAT_HOME"] = previous
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,9 @@ from picochat.post.sources import SourceContext, load_source
 from picochat.runtime import init_runtime
 from picochat.tokenizer import Tokenizer
 from picochat.tokenizer.chat import render_conversation, render_for_completion
-from post_helpers import make_home, pseudo_words, spelling_conversation, write_jsonl
+from post_helpers import home, pseudo_words, spelling_conversation, write_jsonl  # noqa: F401  (home: a fixture)
 
 SHARED_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    root = tmp_path_factory.mktemp("home")
-    previous = os.environ.get("PICOCHAT_HOME")
-    os.environ["PICOCHAT_HOME"] = str(root)
-    make_home(root)
-    yield root
-    if previous is None:
-        del os.environ["PICOCHAT_HOME"]
-    else:
-        os.environ["PICOCHAT_HOME"] = previous
 
 
 # --- the mask and the packing -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from picochat.checkpoint import CHECKPOINTS, load_model_from_run, resolve_checkpoint
-from picochat.config import add_config_args, config_from_args
+from picochat.config import add_config_args, config_from_args, field_help
 from picochat.errors import PicochatError
 from picochat.eval.chat import ChatResult, chatcore, evaluate_task
 from picochat.runtime import init_runtime, print0, shutdown_runtime
@@ -22,27 +22,24 @@ RESULTS_FILE = "chat_eval.json"
 SHUFFLE_SEED = 1337  # --max-problems takes a fixed random subset, not the first (MMLU is sorted by subject)
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
 
 @dataclass
 class ChatEvalConfig:
-    run: str = field(default="", metadata=_help("run name under $PICOCHAT_HOME/runs (or a run/checkpoint path)"))
-    step: int | None = field(default=None, metadata=_help("checkpoint step; derived: the latest"))
-    task: str = field(default="all", metadata=_help(f"one of {', '.join(TASK_NAMES)}, or all"))
-    max_problems: int | None = field(default=None, metadata=_help("items per task (a fixed random subset); "
+    run: str = field(default="", metadata=field_help("run name under $PICOCHAT_HOME/runs (or a run/checkpoint path)"))
+    step: int | None = field(default=None, metadata=field_help("checkpoint step; derived: the latest"))
+    task: str = field(default="all", metadata=field_help(f"one of {', '.join(TASK_NAMES)}, or all"))
+    max_problems: int | None = field(default=None, metadata=field_help("items per task (a fixed random subset); "
                                                                    "derived: all"))
-    num_samples: int = field(default=1, metadata=_help("samples per generative item; the score is pass@k"))
-    temperature: float = field(default=0.0, metadata=_help("sampling temperature of generative tasks (0 = greedy)"))
-    top_k: int | None = field(default=50, metadata=_help("sample among the k likeliest tokens"))
-    max_tokens: int = field(default=512, metadata=_help("reply length limit of generative tasks"))
-    batch_size: int = field(default=8, metadata=_help("prompts per forward of categorical tasks"))
-    data_dir: str | None = field(default=None, metadata=_help("folder holding arc/, mmlu/, gsm8k/, humaneval/; "
+    num_samples: int = field(default=1, metadata=field_help("samples per generative item; the score is pass@k"))
+    temperature: float = field(default=0.0, metadata=field_help("sampling temperature of generative tasks (0 = greedy)"))
+    top_k: int | None = field(default=50, metadata=field_help("sample among the k likeliest tokens"))
+    max_tokens: int = field(default=512, metadata=field_help("reply length limit of generative tasks"))
+    batch_size: int = field(default=8, metadata=field_help("prompts per forward of categorical tasks"))
+    data_dir: str | None = field(default=None, metadata=field_help("folder holding arc/, mmlu/, gsm8k/, humaneval/; "
                                                                "derived: $PICOCHAT_HOME/tasks"))
-    download: bool = field(default=False, metadata=_help("fetch the tasks' public data if absent"))
-    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu; derived: autodetect"))
-    json: bool = field(default=False, metadata=_help("print one JSON object (tasks, chatcore)"))
+    download: bool = field(default=False, metadata=field_help("fetch the tasks' public data if absent"))
+    device: str | None = field(default=None, metadata=field_help("cuda, mps or cpu; derived: autodetect"))
+    json: bool = field(default=False, metadata=field_help("print one JSON object (tasks, chatcore)"))
 
 
 def register_chat(stages) -> None:

@@ -13,41 +13,39 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from picochat.config import field_help
 from picochat.optim.optimizer import MuonAdamW
+from picochat.scaling import weight_decay_for_width
 
 MODEL_GROUPS = ("matrix", "embedding", "value_embedding", "lm_head", "resid_lambda", "x0_lambda")
 
 # nanochat tuned its AdamW LRs at width 768 (d12); wider models take LR × (width/768)^−0.5.
 REFERENCE_WIDTH = 768
 
-# Seed §9: Muon weight decay ≈ 0.22 at d12 (width 768) and falls as 1/width².
+# Seed §9: Muon weight decay ≈ 0.22 at d12 (width 768) and falls as 1/width². The training plan passes
+# its own fitted value (picochat.scaling.SEED_WD_REF); this anchor is only the standalone default.
 REFERENCE_WEIGHT_DECAY = 0.22
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass
 class OptimHParams:
-    matrix_lr: float = field(default=0.02, metadata=_help("Muon LR for the block matrices"))
-    embedding_lr: float = field(default=0.3, metadata=_help("AdamW LR for the token embedding (at width 768)"))
-    value_embedding_lr: float = field(default=0.15, metadata=_help("AdamW LR for value embeddings (at width 768)"))
-    lm_head_lr: float = field(default=0.008, metadata=_help("AdamW LR for the lm_head (at width 768)"))
-    resid_lambda_lr: float = field(default=0.005, metadata=_help("AdamW LR for the residual scalars"))
-    x0_lambda_lr: float = field(default=0.5, metadata=_help("AdamW LR for the x0 scalars"))
+    matrix_lr: float = field(default=0.02, metadata=field_help("Muon LR for the block matrices"))
+    embedding_lr: float = field(default=0.3, metadata=field_help("AdamW LR for the token embedding (at width 768)"))
+    value_embedding_lr: float = field(default=0.15, metadata=field_help("AdamW LR for value embeddings (at width 768)"))
+    lm_head_lr: float = field(default=0.008, metadata=field_help("AdamW LR for the lm_head (at width 768)"))
+    resid_lambda_lr: float = field(default=0.005, metadata=field_help("AdamW LR for the residual scalars"))
+    x0_lambda_lr: float = field(default=0.5, metadata=field_help("AdamW LR for the x0 scalars"))
     weight_decay: float | None = field(
-        default=None, metadata=_help("Muon weight decay; derived 0.22·(768/width)² (seed §9) when not given"))
-    muon_momentum: float = field(default=0.95, metadata=_help("Muon Nesterov momentum"))
+        default=None, metadata=field_help("Muon weight decay; derived 0.22·(768/width)² (seed §9) when not given"))
+    muon_momentum: float = field(default=0.95, metadata=field_help("Muon Nesterov momentum"))
     lm_head_beta1: float = 0.8
     lm_head_beta2: float = 0.96
     lm_head_weight_decay: float = 0.01
-    embedding_beta1: float = field(default=0.8, metadata=_help("AdamW beta1 for token and value embeddings"))
-    embedding_beta2: float = field(default=0.995, metadata=_help("AdamW beta2 for token and value embeddings"))
-    embedding_weight_decay: float = field(default=0.001, metadata=_help("AdamW decay for token and value embeddings"))
+    embedding_beta1: float = field(default=0.8, metadata=field_help("AdamW beta1 for token and value embeddings"))
+    embedding_beta2: float = field(default=0.995, metadata=field_help("AdamW beta2 for token and value embeddings"))
+    embedding_weight_decay: float = field(default=0.001, metadata=field_help("AdamW decay for token and value embeddings"))
     resid_lambda_beta1: float = 0.8
     resid_lambda_beta2: float = 0.95
-    x0_lambda_beta1: float = field(default=0.96, metadata=_help("seed §2: flat 0.90-0.96, sharp cliff at 0.98"))
+    x0_lambda_beta1: float = field(default=0.96, metadata=field_help("seed §2: flat 0.90-0.96, sharp cliff at 0.98"))
     x0_lambda_beta2: float = 0.95
     adam_eps: float = 1e-10
 
@@ -55,7 +53,7 @@ class OptimHParams:
 def muon_weight_decay(hp: OptimHParams, width: int) -> float:
     if hp.weight_decay is not None:
         return hp.weight_decay
-    return REFERENCE_WEIGHT_DECAY * (REFERENCE_WIDTH / width) ** 2
+    return weight_decay_for_width(width, wd_ref=REFERENCE_WEIGHT_DECAY, width_ref=REFERENCE_WIDTH)
 
 
 def build_optimizer(model_groups: dict[str, list[nn.Parameter]], hp: OptimHParams, width: int,

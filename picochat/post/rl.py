@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from picochat.config import field_help
 from picochat.errors import PicochatError
 from picochat.infer.engine import Engine, SamplingParams
 from picochat.post import generated
@@ -34,32 +35,29 @@ from picochat.train.step import GradScaler, train_step
 TASKS = ("gsm8k", "arithmetic", "spelling")
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
 
 @dataclass
 class RLConfig:
-    from_run: str | None = field(default=None, metadata=_help("the run (usually an SFT run) to improve; also --from"))
-    step: int | None = field(default=None, metadata=_help("which checkpoint of --from; derived: the latest"))
-    run: str | None = field(default=None, metadata=_help("the new run's name; derived: {from}-rl"))
-    task: str = field(default="gsm8k", metadata=_help("the task with a verifiable reward", choices=list(TASKS)))
-    data_dir: str | None = field(default=None, metadata=_help("folder holding gsm8k/train.jsonl; "
+    from_run: str | None = field(default=None, metadata=field_help("the run (usually an SFT run) to improve; also --from"))
+    step: int | None = field(default=None, metadata=field_help("which checkpoint of --from; derived: the latest"))
+    run: str | None = field(default=None, metadata=field_help("the new run's name; derived: {from}-rl"))
+    task: str = field(default="gsm8k", metadata=field_help("the task with a verifiable reward", choices=list(TASKS)))
+    data_dir: str | None = field(default=None, metadata=field_help("folder holding gsm8k/train.jsonl; "
                                                                "derived: $PICOCHAT_HOME/tasks"))
-    num_iterations: int = field(default=100, metadata=_help("optimizer steps"))
-    problems_per_step: int = field(default=16, metadata=_help("problems sampled per step"))
-    max_problems: int | None = field(default=None, metadata=_help("cycle through only the first N (shuffled) problems"))
-    samples_per_problem: int = field(default=16, metadata=_help("completions per problem (k of pass@k)"))
-    max_new_tokens: int = field(default=256, metadata=_help("tokens per completion at most"))
-    temperature: float = field(default=1.0, metadata=_help("sampling temperature"))
-    top_k: int = field(default=50, metadata=_help("sample among the k most likely tokens"))
-    device_batch_size: int = field(default=8, metadata=_help("completions per forward/backward micro-batch"))
-    lr_scale: float = field(default=0.05, metadata=_help("the base run's learning rates times this, decaying to 0"))
-    save_every: int = field(default=60, metadata=_help("checkpoint every N steps (and at the end)"))
-    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu; derived: autodetect"))
-    dtype: str | None = field(default=None, metadata=_help("compute dtype; derived: the runtime's",
+    num_iterations: int = field(default=100, metadata=field_help("optimizer steps"))
+    problems_per_step: int = field(default=16, metadata=field_help("problems sampled per step"))
+    max_problems: int | None = field(default=None, metadata=field_help("cycle through only the first N (shuffled) problems"))
+    samples_per_problem: int = field(default=16, metadata=field_help("completions per problem (k of pass@k)"))
+    max_new_tokens: int = field(default=256, metadata=field_help("tokens per completion at most"))
+    temperature: float = field(default=1.0, metadata=field_help("sampling temperature"))
+    top_k: int = field(default=50, metadata=field_help("sample among the k most likely tokens"))
+    device_batch_size: int = field(default=8, metadata=field_help("completions per forward/backward micro-batch"))
+    lr_scale: float = field(default=0.05, metadata=field_help("the base run's learning rates times this, decaying to 0"))
+    save_every: int = field(default=60, metadata=field_help("checkpoint every N steps (and at the end)"))
+    device: str | None = field(default=None, metadata=field_help("cuda, mps or cpu; derived: autodetect"))
+    dtype: str | None = field(default=None, metadata=field_help("compute dtype; derived: the runtime's",
                                                            choices=["float32", "bfloat16", "float16"]))
-    seed: int = field(default=42, metadata=_help("random seed (problem order, sampling)"))
+    seed: int = field(default=42, metadata=field_help("random seed (problem order, sampling)"))
 
     def run_name(self) -> str:
         return self.run or f"{Path(str(self.from_run)).name}-rl"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from picochat.config import config_to_dict
+from picochat.config import config_to_dict, field_help
 from picochat.errors import PicochatError
 from picochat.eval.bpb import evaluate_bpb
 from picochat.eval.chat import chatcore, evaluate_task
@@ -39,37 +39,34 @@ from picochat.train.setup import check_batch
 from picochat.train.step import GradScaler, train_step
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
 
 @dataclass
 class SFTConfig:
-    from_run: str | None = field(default=None, metadata=_help("the run (or checkpoint folder) to finetune; also --from"))
-    step: int | None = field(default=None, metadata=_help("which checkpoint of --from; derived: the latest"))
-    run: str | None = field(default=None, metadata=_help("the new run's name; derived: {from}-sft"))
-    mixture: str = field(default="default", metadata=_help("built-in mixture (default, offline) or a .yaml/.json file"))
-    data_dir: str | None = field(default=None, metadata=_help("folder with gsm8k/, arc/, mmlu/ for local sources"))
-    identity: str | None = field(default=None, metadata=_help("identity conversations (jsonl); derived: picochat/post/identity.jsonl"))
-    num_iterations: int | None = field(default=None, metadata=_help("optimizer steps; derived: one epoch of the mixture"))
-    max_seq_len: int | None = field(default=None, metadata=_help("tokens per row; derived: the base run's"))
-    device_batch_size: int | None = field(default=None, metadata=_help("rows per micro-batch; derived: the base run's"))
-    total_batch_size: int | None = field(default=None, metadata=_help("tokens per step; derived: the base run's"))
-    lr_scale: float = field(default=0.8, metadata=_help("the base run's learning rates times this"))
-    warmdown_ratio: float = field(default=0.5, metadata=_help("fraction of steps in the final linear warm-down to 0"))
-    warm_start: bool = field(default=True, metadata=_help("start from the base run's optimizer moments when saved"))
-    val_conversations: int = field(default=500, metadata=_help("conversations held out for validation bpb"))
-    eval_every: int = field(default=200, metadata=_help("validation bpb every N steps (0: at the end only)"))
-    chat_eval: bool = field(default=True, metadata=_help("run the chat evals at the end"))
-    chat_eval_max_problems: int = field(default=200, metadata=_help("problems per chat eval task at the end"))
-    save_every: int = field(default=0, metadata=_help("checkpoint every N steps (0: at the end only)"))
-    log_every: int = field(default=10, metadata=_help("console progress line every N steps"))
-    wandb: bool = field(default=False, metadata=_help("also log to wandb (when installed)"))
-    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu; derived: autodetect"))
-    dtype: str | None = field(default=None, metadata=_help("compute dtype; derived: the runtime's",
+    from_run: str | None = field(default=None, metadata=field_help("the run (or checkpoint folder) to finetune; also --from"))
+    step: int | None = field(default=None, metadata=field_help("which checkpoint of --from; derived: the latest"))
+    run: str | None = field(default=None, metadata=field_help("the new run's name; derived: {from}-sft"))
+    mixture: str = field(default="default", metadata=field_help("built-in mixture (default, offline) or a .yaml/.json file"))
+    data_dir: str | None = field(default=None, metadata=field_help("folder with gsm8k/, arc/, mmlu/ for local sources"))
+    identity: str | None = field(default=None, metadata=field_help("identity conversations (jsonl); derived: picochat/post/identity.jsonl"))
+    num_iterations: int | None = field(default=None, metadata=field_help("optimizer steps; derived: one epoch of the mixture"))
+    max_seq_len: int | None = field(default=None, metadata=field_help("tokens per row; derived: the base run's"))
+    device_batch_size: int | None = field(default=None, metadata=field_help("rows per micro-batch; derived: the base run's"))
+    total_batch_size: int | None = field(default=None, metadata=field_help("tokens per step; derived: the base run's"))
+    lr_scale: float = field(default=0.8, metadata=field_help("the base run's learning rates times this"))
+    warmdown_ratio: float = field(default=0.5, metadata=field_help("fraction of steps in the final linear warm-down to 0"))
+    warm_start: bool = field(default=True, metadata=field_help("start from the base run's optimizer moments when saved"))
+    val_conversations: int = field(default=500, metadata=field_help("conversations held out for validation bpb"))
+    eval_every: int = field(default=200, metadata=field_help("validation bpb every N steps (0: at the end only)"))
+    chat_eval: bool = field(default=True, metadata=field_help("run the chat evals at the end"))
+    chat_eval_max_problems: int = field(default=200, metadata=field_help("problems per chat eval task at the end"))
+    save_every: int = field(default=0, metadata=field_help("checkpoint every N steps (0: at the end only)"))
+    log_every: int = field(default=10, metadata=field_help("console progress line every N steps"))
+    wandb: bool = field(default=False, metadata=field_help("also log to wandb (when installed)"))
+    device: str | None = field(default=None, metadata=field_help("cuda, mps or cpu; derived: autodetect"))
+    dtype: str | None = field(default=None, metadata=field_help("compute dtype; derived: the runtime's",
                                                            choices=["float32", "bfloat16", "float16"]))
-    compile: bool | None = field(default=None, metadata=_help("torch.compile the model; derived: on for CUDA"))
-    seed: int = field(default=42, metadata=_help("random seed (mixture order, generated data)"))
+    compile: bool | None = field(default=None, metadata=field_help("torch.compile the model; derived: on for CUDA"))
+    seed: int = field(default=42, metadata=field_help("random seed (mixture order, generated data)"))
 
     def run_name(self) -> str:
         return self.run or f"{Path(str(self.from_run)).name}-sft"

@@ -8,60 +8,59 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from picochat.config import field_help
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
 
 
 @dataclass
 class TrainConfig:
     # What to train on, and where the run lives.
-    dataset: str = field(default="pystdlib", metadata=_help("dataset name under $PICOCHAT_HOME/datasets"))
-    tokenizer: str | None = field(default=None, metadata=_help("trained tokenizer name; derived: the one trained on the dataset"))
-    run: str | None = field(default=None, metadata=_help("run name: $PICOCHAT_HOME/runs/RUN; derived: d{depth}-{dataset}"))
+    dataset: str = field(default="pystdlib", metadata=field_help("dataset name under $PICOCHAT_HOME/datasets"))
+    tokenizer: str | None = field(default=None, metadata=field_help("trained tokenizer name; derived: the one trained on the dataset"))
+    run: str | None = field(default=None, metadata=field_help("run name: $PICOCHAT_HOME/runs/RUN; derived: d{depth}-{dataset}"))
     # Model shape (picochat/model/config.py).
-    depth: int = field(default=12, metadata=_help("number of transformer layers; every other size follows"))
-    aspect_ratio: int = field(default=64, metadata=_help("width = depth x aspect ratio, rounded up to a head_dim multiple"))
-    head_dim: int = field(default=128, metadata=_help("attention head dimension"))
-    n_kv_heads: int | None = field(default=None, metadata=_help("grouped-query attention kv heads; derived: n_heads"))
-    window_pattern: str = field(default="SSSL", metadata=_help("attention windows tiled over layers: L full, S half"))
-    max_seq_len: int = field(default=2048, metadata=_help("tokens per sequence"))
+    depth: int = field(default=12, metadata=field_help("number of transformer layers; every other size follows"))
+    aspect_ratio: int = field(default=64, metadata=field_help("width = depth x aspect ratio, rounded up to a head_dim multiple"))
+    head_dim: int = field(default=128, metadata=field_help("attention head dimension"))
+    n_kv_heads: int | None = field(default=None, metadata=field_help("grouped-query attention kv heads; derived: n_heads"))
+    window_pattern: str = field(default="SSSL", metadata=field_help("attention windows tiled over layers: L full, S half"))
+    max_seq_len: int = field(default=2048, metadata=field_help("tokens per sequence"))
     # Horizon and batch (None: from the scaling-law plan).
-    num_iterations: int | None = field(default=None, metadata=_help("optimizer steps; derived: tokens:params 10.5"))
-    ratio: float | None = field(default=None, metadata=_help("tokens per scaling param for the planned horizon"))
-    constants: str | None = field(default=None, metadata=_help(
+    num_iterations: int | None = field(default=None, metadata=field_help("optimizer steps; derived: tokens:params 10.5"))
+    ratio: float | None = field(default=None, metadata=field_help("tokens per scaling param for the planned horizon"))
+    constants: str | None = field(default=None, metadata=field_help(
         "JSON file of fitted scaling constants (`picochat fit --write-constants`); derived: the seed's"))
-    total_batch_size: int | None = field(default=None, metadata=_help("tokens per optimizer step, over all devices"))
-    device_batch_size: int = field(default=32, metadata=_help("sequences per micro-batch per device (memory only)"))
+    total_batch_size: int | None = field(default=None, metadata=field_help("tokens per optimizer step, over all devices"))
+    device_batch_size: int = field(default=32, metadata=field_help("sequences per micro-batch per device (memory only)"))
     # Optimizer (None: from the plan).
-    matrix_lr: float | None = field(default=None, metadata=_help("Muon LR for the block matrices"))
-    embedding_lr: float | None = field(default=None, metadata=_help("AdamW LR for the token embedding"))
-    value_embedding_lr: float | None = field(default=None, metadata=_help("AdamW LR for the value embeddings"))
-    lm_head_lr: float | None = field(default=None, metadata=_help("AdamW LR for the lm_head"))
-    resid_lambda_lr: float | None = field(default=None, metadata=_help("AdamW LR for the residual lambdas"))
-    x0_lambda_lr: float | None = field(default=None, metadata=_help("AdamW LR for the x0 lambdas"))
-    weight_decay: float | None = field(default=None, metadata=_help("Muon weight decay (∝ 1/width², seed §9)"))
-    warmup_steps: int | None = field(default=None, metadata=_help("linear LR warm-up steps"))
-    warmdown_ratio: float = field(default=0.65, metadata=_help("fraction of steps in the final linear warm-down"))
-    final_lr_frac: float = field(default=0.05, metadata=_help("LR at the last step, as a fraction of the peak"))
+    matrix_lr: float | None = field(default=None, metadata=field_help("Muon LR for the block matrices"))
+    embedding_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the token embedding"))
+    value_embedding_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the value embeddings"))
+    lm_head_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the lm_head"))
+    resid_lambda_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the residual lambdas"))
+    x0_lambda_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the x0 lambdas"))
+    weight_decay: float | None = field(default=None, metadata=field_help("Muon weight decay (∝ 1/width², seed §9)"))
+    warmup_steps: int | None = field(default=None, metadata=field_help("linear LR warm-up steps"))
+    warmdown_ratio: float = field(default=0.65, metadata=field_help("fraction of steps in the final linear warm-down"))
+    final_lr_frac: float = field(default=0.05, metadata=field_help("LR at the last step, as a fraction of the peak"))
     # Measurement, evaluation, checkpoints.
-    eval_every: int = field(default=250, metadata=_help("validation bpb every N steps (0: only at start and end)"))
-    eval_tokens: int = field(default=2**20, metadata=_help("validation tokens per evaluation"))
-    sample_every: int = field(default=1000, metadata=_help("print sampled continuations every N steps (0: never)"))
-    save_every: int = field(default=1000, metadata=_help("checkpoint every N steps (0: only at the end)"))
-    keep_checkpoints: int = field(default=2, metadata=_help("how many recent checkpoints to keep"))
-    log_every: int = field(default=1, metadata=_help("console progress line every N steps (the JSONL gets every step)"))
-    resume: bool = field(default=False, metadata=_help("continue the run from its latest checkpoint"))
-    wandb: bool = field(default=False, metadata=_help("also log to wandb (when installed)"))
+    eval_every: int = field(default=250, metadata=field_help("validation bpb every N steps (0: only at start and end)"))
+    eval_tokens: int = field(default=2**20, metadata=field_help("validation tokens per evaluation"))
+    sample_every: int = field(default=1000, metadata=field_help("print sampled continuations every N steps (0: never)"))
+    save_every: int = field(default=1000, metadata=field_help("checkpoint every N steps (0: only at the end)"))
+    keep_checkpoints: int = field(default=2, metadata=field_help("how many recent checkpoints to keep"))
+    log_every: int = field(default=1, metadata=field_help("console progress line every N steps (the JSONL gets every step)"))
+    resume: bool = field(default=False, metadata=field_help("continue the run from its latest checkpoint"))
+    wandb: bool = field(default=False, metadata=field_help("also log to wandb (when installed)"))
     # Runtime.
-    device: str | None = field(default=None, metadata=_help("cuda, mps or cpu; derived: autodetect"))
-    dtype: str | None = field(default=None, metadata=_help("compute dtype; derived: bf16 on SM80+, else fp32",
+    device: str | None = field(default=None, metadata=field_help("cuda, mps or cpu; derived: autodetect"))
+    dtype: str | None = field(default=None, metadata=field_help("compute dtype; derived: bf16 on SM80+, else fp32",
                                                            choices=["float32", "bfloat16", "float16"]))
-    compile: bool | None = field(default=None, metadata=_help("torch.compile the model; derived: on for CUDA"))
-    fp8: bool = field(default=False, metadata=_help("FP8 matmuls on Hopper (needs torchao and --compile)"))
-    seed: int = field(default=42, metadata=_help("random seed (model init)"))
-    loader_mode: str = field(default="bestfit", metadata=_help("document packing", choices=["bestfit", "greedy"]))
-    loader_buffer_docs: int = field(default=1000, metadata=_help("documents buffered for best-fit packing"))
+    compile: bool | None = field(default=None, metadata=field_help("torch.compile the model; derived: on for CUDA"))
+    fp8: bool = field(default=False, metadata=field_help("FP8 matmuls on Hopper (needs torchao and --compile)"))
+    seed: int = field(default=42, metadata=field_help("random seed (model init)"))
+    loader_mode: str = field(default="bestfit", metadata=field_help("document packing", choices=["bestfit", "greedy"]))
+    loader_buffer_docs: int = field(default=1000, metadata=field_help("documents buffered for best-fit packing"))
 
     def run_name(self) -> str:
         return self.run or f"d{self.depth}-{self.dataset}"

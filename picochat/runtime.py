@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,13 @@ def init_runtime(device: str | None = None, seed: int | None = 0) -> Runtime:
 
 
 def shutdown_runtime() -> None:
+    """Leave the process group together: a rank tearing gloo down while its peer is still
+    connected can abort the process ("terminate called without an active exception").
+    When called from a `finally` with an exception in flight, skip the barrier: the peers
+    may never reach it."""
     if dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -13,6 +13,7 @@ from picochat.eval.chat import (ChatResult, centered_accuracy, chatcore, evaluat
 from picochat.infer.engine import Completion, Engine
 from picochat.tasks import get_task
 from picochat.tasks.base import multiple_choice_item
+from picochat.runtime import shutdown_runtime
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
 
@@ -116,7 +117,7 @@ def both_evaluations(tok):
 def _rank_results(rank, world, init_file, out):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     out[rank] = both_evaluations(tiny_tokenizer())
-    torch.distributed.destroy_process_group()
+    shutdown_runtime()
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from picochat.eval.core_prompts import (Candidate, common_prefix_length, common_
                                         prepare_item, render_language_modeling, render_multiple_choice,
                                         sample_fewshot)
 from picochat.eval.core_score import count_correct, score_candidates
+from picochat.runtime import shutdown_runtime
 
 BOS = 256
 VOCAB = 257
@@ -281,7 +282,7 @@ def _rank_results(rank, world, init_file, out):
     core_accuracy = accuracy(spec("language_modeling", ": "), LM_ITEMS)
     bpb = evaluate_bpb(BigramModel(FIXTURE_MODEL), bpb_batches(BPB_BATCHES[rank]), byte_lengths())
     out[rank] = (core_accuracy, bpb)
-    torch.distributed.destroy_process_group()
+    shutdown_runtime()
 
 
 @pytest.mark.slow

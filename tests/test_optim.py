@@ -10,6 +10,7 @@ from torch import nn
 from picochat.optim import (
     MuonAdamW, OptimHParams, adamw_step, build_optimizer, cautious_weight_decay_step, orthogonalize,
 )
+from picochat.runtime import shutdown_runtime
 
 
 @pytest.fixture(autouse=True)
@@ -245,7 +246,7 @@ def distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> N
     for step in range(STEPS):
         step_with_grads(opt, params, step, rank)
     torch.save([p.detach() for p in params], f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
+    shutdown_runtime()
 
 
 @pytest.mark.slow

@@ -143,6 +143,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"losses": losses, "skipped": skipped, "unchanged": unchanged}, f)
+        dist.barrier()  # both ranks done before either tears gloo down
     finally:
         dist.destroy_process_group()
 

@@ -15,7 +15,7 @@ from picochat.scaling import Plan, ScalingConstants, load_constants, plan_for_co
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "plan", help="show the model shape, tokens, batch, steps, WD, LRs and time the scaling laws give a depth",
-        description="Derive the whole training plan for a model depth from the scaling laws (seed §9, §12).")
+        description="Derive the whole training plan for a model depth from the scaling laws (see picochat/scaling.py).")
     add_config_args(parser, GPTConfig, skip=("softcap", "rope_base"))
     parser.add_argument("--ratio", type=float, default=None, metavar="R", help="tokens per scaling param (default: 10.5, or the constants file's)")
     parser.add_argument("--total-batch-size", type=int, default=None, metavar="TOKENS", help="tokens per step (default: derived, Power Lines)")

@@ -50,11 +50,11 @@ SEED_WD_REF = fit_weight_decay_reference(SEED_WEIGHT_DECAY)
 @dataclass(frozen=True)
 class ScalingConstants:
     """The reference constants of the laws; `picochat fit` may write a JSON file overriding them."""
-    ratio: float = 10.5  # tokens per scaling param, Kaplan-style count (seed §12)
-    batch_exponent: float = 0.383  # B_opt ∝ D^0.383 (seed §9, Cerebras "Power Lines")
-    reference_batch_tokens: int = 2**19  # ... anchored at d12 with B = 2^19 (seed §9)
+    ratio: float = 10.5  # tokens per scaling param, Kaplan-style count (nanochat dev/LOG.md)
+    batch_exponent: float = 0.383  # B_opt ∝ D^0.383 (Cerebras, "Power Lines", arXiv 2505.13738)
+    reference_batch_tokens: int = 2**19  # ... anchored at d12 with B = 2^19 (nanochat dev/LOG.md)
     reference_depth: int = 12
-    wd_ref: float = SEED_WD_REF  # WD = wd_ref * (wd_width_ref / width)^2 (seed §9)
+    wd_ref: float = SEED_WD_REF  # WD = wd_ref * (wd_width_ref / width)^2 (nanochat dev/LOG.md)
     wd_width_ref: int = 768
     lr_width_ref: int = 768  # LR x (width / 768)^-0.5 for WIDTH_SCALED_GROUPS (facts: Optimizer)
     learning_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LEARNING_RATES))
@@ -97,20 +97,20 @@ def load_constants(path: str | Path) -> ScalingConstants:
 
 
 def target_tokens(scaling_params: int, ratio: float = 10.5) -> int:
-    """Compute-optimal training tokens: ratio x Kaplan-style params (seed §12)."""
+    """Compute-optimal training tokens: ratio x Kaplan-style params (nanochat dev/LOG.md)."""
     return int(ratio * scaling_params)
 
 
 def optimal_batch_tokens(tokens: int, reference_tokens: int, reference_batch: int = 2**19,
                          exponent: float = 0.383) -> int:
     """Total batch in tokens: B_ref * (D / D_ref)^0.383, rounded to a power of two in log space
-    (seed §9, Power Lines: 10x more tokens -> ~2.4x bigger batch)."""
+    (Power Lines, arXiv 2505.13738: 10x more tokens -> ~2.4x bigger batch)."""
     predicted = reference_batch * (tokens / reference_tokens) ** exponent
     return max(1, 2 ** round(math.log2(predicted)))
 
 
 def weight_decay_for_width(width: int, wd_ref: float = SEED_WD_REF, width_ref: int = 768) -> float:
-    """WD ∝ 1/width^2, anchored at wd_ref for width_ref (seed §9; see SEED_WD_REF for the fit)."""
+    """WD ∝ 1/width^2, anchored at wd_ref for width_ref (nanochat dev/LOG.md; see SEED_WD_REF for the fit)."""
     return wd_ref * (width_ref / width) ** 2
 
 

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
     compare = subparsers.add_parser(
         "compare", help="compare runs on val bpb vs steps, FLOPs and wall-clock, with a verdict per axis",
-        description="Put runs side by side on the three axes (seed §3), at common points, with throughput, MFU and "
+        description="Put runs side by side on the three axes (steps, FLOPs, wall-clock: a gain must show on all three), at common points, with throughput, MFU and "
                     "memory. Repeats (same config, other seed) form a group whose spread is the noise. The first "
                     "run's group is the baseline. Refuses to call a winner when the runs are not comparable.")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="two or more run names or directories")

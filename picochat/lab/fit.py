@@ -1,9 +1,9 @@
 """Scaling-law fits from sweep results: y = a * x^b by least squares in log-log space.
 
 The 95% interval of the exponent is slope ± t(0.975, n-2) x its standard error (numpy only).
-From a sweep's optima: batch vs training tokens (seed §9, Power Lines: b ≈ 0.383), weight decay
-vs width (seed §9: b ≈ -2), loss vs compute (on the compute frontier), and the compute-optimal
-tokens:params ratio (seed §12: ≈ 10.5, Kaplan-style params). The constants they give are written
+From a sweep's optima: batch vs training tokens (Cerebras, "Power Lines", arXiv 2505.13738: b ≈ 0.383), weight decay
+vs width (nanochat dev/LOG.md: b ≈ -2), loss vs compute (on the compute frontier), and the compute-optimal
+tokens:params ratio (nanochat dev/LOG.md: ≈ 10.5, Kaplan-style params). The constants they give are written
 with `ScalingConstants`' field names, so `picochat plan --constants FILE` reads them.
 """
 from __future__ import annotations
@@ -174,7 +174,7 @@ def fit_loss(rows: list[dict]) -> FitResult:
 
 def fit_ratio(rows: list[dict]) -> FitResult:
     """The tokens:params ratio of the best run of each iso-FLOP group, fitted against compute
-    (a flat law, exponent ≈ 0, means one ratio holds at every scale, as seed §12 found)."""
+    (a flat law, exponent ≈ 0, means one ratio holds at every scale, as nanochat's sweeps found (dev/LOG.md))."""
     best = [min(g, key=lambda r: r["summary"]["val_bpb"]) for g in iso_flop_groups(rows)]
     best = [r for r in best if scaling_params_of(r) > 0]  # FLOPs that do not match the shape: not a real run
     ratios = [r["summary"]["tokens"] / scaling_params_of(r) for r in best]

@@ -14,7 +14,7 @@ from picochat.lab.runs import Run
 # Config fields that must agree for bpb to be measured on the same thing, and why.
 COMPARABILITY = {
     "tokenizer": "tokenizer",
-    "loader_mode": "loader mode (BOS best-fit vs greedy packing score different tokens, seed §6)",
+    "loader_mode": "loader mode (BOS best-fit vs greedy packing score different tokens: the lower loss of BOS alignment is partly fewer noisy tokens)",
     "dataset": "validation set (dataset)",
     "max_seq_len": "validation set (sequence length)",
     "eval_tokens": "eval budget (eval_tokens)",

@@ -40,7 +40,7 @@ def parameter_counts(cfg: GPTConfig) -> dict[str, int]:
 
 def scaling_params(cfg: GPTConfig) -> int:
     """Kaplan-style count: the matmul weights that cost FLOPs (blocks + lm_head), no embeddings.
-    With this count the compute-optimal tokens:params ratio is a stable 10.5 (seed §12)."""
+    With this count the compute-optimal tokens:params ratio is a stable 10.5 (nanochat dev/LOG.md: Kaplan-style counting gives a stable ratio across scales)."""
     counts = parameter_counts(cfg)
     return counts["matrix"] + counts["lm_head"]
 

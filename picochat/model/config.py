@@ -1,4 +1,4 @@
-"""The model's shape: every size follows from `depth` (seed §2, §9)."""
+"""The model's shape: every size follows from `depth` (the scaling laws in picochat/scaling.py)."""
 from __future__ import annotations
 
 import math

@@ -1,7 +1,7 @@
 """One AdamW step, pure tensor math (Loshchilov & Hutter, decoupled weight decay).
 
 Every hyperparameter may be a float or a 0-D tensor; MuonAdamW passes 0-D tensors so a
-torch.compile'd caller sees the same graph whatever the schedule does (seed §11).
+torch.compile'd caller sees the same graph whatever the schedule does (nanochat dev/LOG.md: a scalar passed as an argument recompiles on every schedule change).
 Written as a handful of elementwise ops so a compiler can fuse it into one kernel.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ plus `initial_lr` (set to lr at construction) so schedules can multiply it.
 
 Hyperparameters are read from the group dict inside step() and copied into 0-D tensors,
 never passed as step() arguments: a schedule that changes lr/wd/momentum then never
-makes torch.compile recompile (seed §11).
+makes torch.compile recompile (nanochat dev/LOG.md: hyperparameters passed as arguments trigger a recompile per step).
 
 Distributed (torch.distributed initialised, world > 1, no DDP wrapper): step() averages
 the gradients itself. AdamW grads are all-reduced and every rank applies the same update.

@@ -1,6 +1,6 @@
 """From the model's parameter groups and the optimizer hyperparameters to one MuonAdamW.
 
-LRs, betas and decays are nanochat's (reference facts, "Optimizer and schedules").
+LRs, betas and decays are nanochat's (github.com/karpathy/nanochat, nanochat/optim.py and scripts/base_train.py).
 The √(B / 2^19) batch-size LR scaling and the schedules (warm-up, warm-down, Muon
 momentum and weight-decay ramps) are applied by the caller (the scaling plan and the
 training loop, through each group's `initial_lr`), not here.
@@ -35,7 +35,7 @@ class OptimHParams:
     resid_lambda_lr: float = field(default=0.005, metadata=field_help("AdamW LR for the residual scalars"))
     x0_lambda_lr: float = field(default=0.5, metadata=field_help("AdamW LR for the x0 scalars"))
     weight_decay: float | None = field(
-        default=None, metadata=field_help("Muon weight decay; derived 0.22·(768/width)² (seed §9) when not given"))
+        default=None, metadata=field_help("Muon weight decay; derived 0.22·(768/width)² (nanochat dev/LOG.md sweeps: WD ∝ 1/width²) when not given"))
     muon_momentum: float = field(default=0.95, metadata=field_help("Muon Nesterov momentum"))
     lm_head_beta1: float = 0.8
     lm_head_beta2: float = 0.96
@@ -45,7 +45,7 @@ class OptimHParams:
     embedding_weight_decay: float = field(default=0.001, metadata=field_help("AdamW decay for token and value embeddings"))
     resid_lambda_beta1: float = 0.8
     resid_lambda_beta2: float = 0.95
-    x0_lambda_beta1: float = field(default=0.96, metadata=field_help("seed §2: flat 0.90-0.96, sharp cliff at 0.98"))
+    x0_lambda_beta1: float = field(default=0.96, metadata=field_help("nanochat dev/LOG.md d20 sweep: flat 0.90-0.96, sharp cliff at 0.98"))
     x0_lambda_beta2: float = 0.95
     adam_eps: float = 1e-10
 

@@ -3,8 +3,8 @@
 Each file is fetched to `<name>.part`, retried with exponential back-off, checked against its
 SHA-256 where one is pinned, then renamed; archives are unpacked into a staging folder that is
 renamed when complete, so an interrupted download never leaves half a dataset behind. No source
-publishes checksums; the pinned ones are of the files as published (the same bytes as the copies in
-../shared/data/eval; ARC-Easy-Test's also appears in other projects' pins).
+publishes checksums; the pinned ones were computed from the files as published (ARC-Easy-Test's
+also appears in other projects' pins).
 """
 from __future__ import annotations
 

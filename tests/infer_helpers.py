@@ -43,6 +43,21 @@ def tiny_model(vocab_size: int, depth: int = 2, max_seq_len: int = 64, window_pa
     return model.eval()
 
 
+class PacedModel(torch.nn.Module):
+    """Wraps a model: counts its forward calls and sleeps `pace` seconds in each, so a test can watch decoding
+    proceed (or stop) on a loaded machine."""
+
+    def __init__(self, real, pace: float):
+        super().__init__()
+        self.real, self.pace, self.calls = real, pace, 0
+        self.config, self.compute_dtype = real.config, real.compute_dtype
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        time.sleep(self.pace)
+        return self.real(*args, **kwargs)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ from picochat.config import add_config_args, config_from_args, format_config
 from picochat.errors import PicochatError
 from picochat.infer.chat_cli import ChatConfig, run_chat
 from picochat.infer.engine import Engine
-from picochat.infer.limits import ServeConfig
+from picochat.infer.limits import ServeConfig, check_serve_config
 from picochat.runtime import init_runtime, print0
 
 
@@ -35,6 +35,7 @@ def serve_command(args: argparse.Namespace) -> None:
     from picochat.infer.server import serve  # noqa: PLC0415  (the optional `serve` extra, loaded only here)
 
     cfg = config_from_args(ServeConfig, args)
+    check_serve_config(cfg)
     print0(format_config(cfg, "serve"))
     engine, _ = load_engine(cfg.run, cfg.step, cfg.device)
     model_name = cfg.model_name or Path(cfg.run).name

@@ -99,8 +99,13 @@ class Engine:
             for row, token in zip(rows, tokens):
                 if token is not None:
                     row.append(token)
-        return [Completion(row[:-1], "stop") if row and row[-1] in self.stop_ids else Completion(row, "length")
-                for row in rows]
+        return [self.completion(row) for row in rows]
+
+    def completion(self, tokens: list[int]) -> Completion:
+        """A row's tokens (as `generate` yields them) as a Completion: the stop token cut, the finish reason said."""
+        if tokens and tokens[-1] in self.stop_ids:
+            return Completion(tokens[:-1], "stop")
+        return Completion(tokens, "length")
 
     def _prefill(self, prompt: list[int], num_samples: int, max_len: int) -> tuple[torch.Tensor, KVCache]:
         dtype = self.model.compute_dtype

@@ -1,7 +1,13 @@
 """What the server accepts: its config, request validation and a per-client rate limit (no web framework here).
 
-Limits follow nanochat's web chat (reference facts, "Inference and serving"): at most 500 messages,
-8,000 characters per message, 32,000 in all, temperature 0-2, top-k 0-200, max tokens 1-4,096.
+Limits follow nanochat's web chat (nanochat's scripts/chat_web.py): at most 500 messages, 8,000 characters
+per message, 32,000 in all, temperature 0-2, top-k 0-200, max tokens 1-4,096. A body is at most 1 MiB, which
+holds 32,000 characters even written as six-byte JSON escapes, and is refused from its Content-Length alone.
+
+A loopback server answers only requests addressed to a loopback name (the Host header) and coming from its
+own pages (the Origin header, when a browser sends one). Without these checks any web page the user opens
+could post to it (CSRF: a cross-site text/plain POST needs no preflight), or read it by pointing its own
+domain name at 127.0.0.1 (DNS rebinding). `--allowed-hosts` names the other hosts a deployment answers to.
 """
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from picochat.errors import PicochatError
 
@@ -18,6 +25,9 @@ MAX_TOTAL_CHARS = 32_000
 MAX_TOKENS_LIMIT = 4_096
 MAX_TOP_K = 200
 MAX_SAMPLES = 8
+MAX_BODY_BYTES = 1 << 20
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+WILDCARD_ADDRESSES = ("0.0.0.0", "::")
 ROLE_ALIASES = {"developer": "system"}  # newer OpenAI clients send the system prompt as "developer"
 
 
@@ -36,6 +46,20 @@ class ServeConfig:
     max_queue: int = field(default=64, metadata={"help": "requests waiting for the model before 503s"})
     rate_per_minute: float = field(default=120.0, metadata={"help": "requests per minute per client (0 = unlimited)"})
     rate_burst: int = field(default=20, metadata={"help": "requests a client may send at once before rate limiting"})
+    allowed_hosts: str = field(default="", metadata={
+        "help": "comma-separated host names the server also answers to, and whose pages may call it ('*' = any); "
+                "a loopback server answers only localhost names otherwise"})
+
+
+def check_serve_config(cfg: ServeConfig) -> None:
+    """Refuse impossible settings before the model is loaded."""
+    if not 1 <= cfg.port <= 65535:
+        raise PicochatError(f"--port {cfg.port} is not a TCP port; use one from 1 to 65535 (e.g. --port 8000)")
+    for name in ("max_queue", "rate_burst"):
+        if getattr(cfg, name) < 1:
+            raise PicochatError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.rate_per_minute < 0:
+        raise PicochatError(f"--rate-per-minute must be 0 (unlimited) or more, got {cfg.rate_per_minute}")
 
 
 class RequestError(PicochatError):
@@ -61,6 +85,14 @@ class ChatRequest:
     stream: bool
 
 
+def _typed(body: dict, name: str, kind: type, what: str):
+    """body[name] when it is None or a `kind` (bool is not an int here), else a 400 naming the field."""
+    value = body.get(name)
+    if value is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
+        raise RequestError(400, f"'{name}' must be {what}, got {value!r}", name)
+    return value
+
+
 def _number(body: dict, name: str, default, low, high, kind=float):
     value = body.get(name)
     if value is None:
@@ -82,10 +114,12 @@ def _message_text(message, index: int) -> dict:
         raise RequestError(400, f"messages[{index}] has role {message['role']!r}; use system, user or assistant",
                            "messages")
     content = message.get("content")
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        content = "".join(str(p.get("text", "")) for p in content)
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        content = "".join(p["text"] for p in content)
     if not isinstance(content, str):
-        raise RequestError(400, f"messages[{index}].content must be a string (or a list of text parts)", "messages")
+        raise RequestError(400, f"messages[{index}].content must be a string (or a list of "
+                                f"{{'type': 'text', 'text': string}} parts)", "messages")
     if len(content) > MAX_MESSAGE_CHARS:
         raise RequestError(400, f"messages[{index}] has {len(content):,} characters; the limit is "
                                 f"{MAX_MESSAGE_CHARS:,}", "messages")
@@ -96,7 +130,7 @@ def parse_chat_request(body, model_name: str, config: ServeConfig) -> ChatReques
     """Validate an OpenAI chat-completions body; raise RequestError (4xx) with a message on anything wrong."""
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
-    if body.get("model") not in (None, model_name):
+    if _typed(body, "model", str, "a string") not in (None, model_name):
         raise RequestError(404, f"model {body['model']!r} does not exist; this server serves {model_name!r} "
                                 f"(see GET /v1/models)", "model", "model_not_found")
     messages = body.get("messages")
@@ -109,6 +143,7 @@ def parse_chat_request(body, model_name: str, config: ServeConfig) -> ChatReques
     if total > MAX_TOTAL_CHARS:
         raise RequestError(400, f"the messages hold {total:,} characters; the limit is {MAX_TOTAL_CHARS:,}", "messages")
     top_k = _number(body, "top_k", config.top_k, 0, MAX_TOP_K, int)
+    _typed(body, "stream_options", dict, "an object")  # accepted and ignored: usage comes in every final answer
     return ChatRequest(
         messages=messages,
         max_tokens=_number(body, "max_completion_tokens", None, 1, MAX_TOKENS_LIMIT, int)
@@ -118,7 +153,7 @@ def parse_chat_request(body, model_name: str, config: ServeConfig) -> ChatReques
         top_p=_number(body, "top_p", None, 0.0, 1.0),
         n=_number(body, "n", 1, 1, MAX_SAMPLES, int),
         seed=_number(body, "seed", config.seed, -2**63, 2**63 - 1, int),
-        stream=bool(body.get("stream", False)),
+        stream=bool(_typed(body, "stream", bool, "true or false")),
     )
 
 
@@ -140,3 +175,34 @@ class TokenBucket:
             allowed = tokens >= 1
             self.buckets[client] = (tokens - 1 if allowed else tokens, now)
             return allowed
+
+
+class HostGuard:
+    """The Host and Origin checks of the module docstring: `check(host, origin)` raises a 403 RequestError."""
+
+    def __init__(self, config: ServeConfig):
+        extra = {h.strip().lower() for h in config.allowed_hosts.split(",") if h.strip()}
+        self.any_host = "*" in extra or config.host in WILDCARD_ADDRESSES  # bound to every interface: public anyway
+        self.any_origin = "*" in extra
+        self.names, self.extra_names = {*LOOPBACK_NAMES, config.host.lower(), *extra}, extra
+
+    def check(self, host: str | None, origin: str | None) -> None:
+        host_name = _host_name(host or "")
+        if not self.any_host and host_name not in self.names:
+            raise RequestError(403, f"this server does not answer to host {host!r}; start it with "
+                                    f"--allowed-hosts {host_name or 'NAME'} to allow it", "host", "forbidden")
+        if origin is None or self.any_origin:
+            return
+        origin_host = urlsplit(origin).netloc.lower()
+        same_origin = origin_host == (host or "").lower()
+        if not same_origin and _host_name(origin_host) not in self.extra_names:
+            raise RequestError(403, f"requests from pages on {origin!r} are refused (cross-site); start the "
+                                    f"server with --allowed-hosts to allow a site", "origin", "forbidden")
+
+
+def _host_name(host: str) -> str:
+    """'Example.com:8000' -> 'example.com', '[::1]:8000' -> '::1'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -19,7 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams, StreamDecoder
-from picochat.infer.limits import ChatRequest, RequestError, ServeConfig, TokenBucket, parse_chat_request
+from picochat.infer.limits import (MAX_BODY_BYTES, ChatRequest, HostGuard, RequestError, ServeConfig, TokenBucket,
+                                   parse_chat_request)
 from picochat.tokenizer.chat import ConversationError, render_for_completion
 
 INDEX_HTML = Path(__file__).parent / "static" / "index.html"
@@ -71,9 +72,13 @@ class ChatService:
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
                 "model": self.model_name}
 
-    async def complete(self, prompt: list[int], params: SamplingParams) -> dict:
-        completions = await asyncio.wrap_future(
-            self.worker.submit(lambda: self.engine.generate_completions(prompt, params)))
+    async def complete(self, steps, prompt: list[int], params: SamplingParams) -> dict:
+        rows: list[list[int]] = [[] for _ in range(params.num_samples)]
+        async for step in steps:
+            for row, token in zip(rows, step):
+                if token is not None:
+                    row.append(token)
+        completions = [self.engine.completion(row) for row in rows]
         decode = self.engine.tokenizer.decode
         choices = [{"index": i, "message": {"role": "assistant", "content": decode(c.tokens)},
                     "finish_reason": c.finish_reason} for i, c in enumerate(completions)]
@@ -122,6 +127,8 @@ class ChatService:
 
         def work() -> None:
             try:
+                if cancelled.is_set():  # the client left while the request waited in the queue
+                    return
                 for step in self.engine.generate(prompt, params):
                     if cancelled.is_set():  # the client went away: free the model for the next request
                         break
@@ -148,22 +155,71 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused with a 413 as soon as it is known to exceed `limit` (from Content-Length, or as it arrives)."""
+    too_large = RequestError(413, f"the request body is over the limit of {limit:,} bytes", kind="request_too_large")
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit():
+        raise RequestError(400, f"Content-Length {declared!r} is not a number of bytes")
+    if int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_json(request: Request):
     try:
-        return json.loads(await request.body())
+        return json.loads(await read_body(request))
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(400, f"the request body is not valid JSON: {e}") from e
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise RequestError(400, "the request body is not valid JSON: nested too deeply") from None
+
+
+async def unless_client_leaves(request: Request, work):
+    """Await `work`; if the client disconnects first, cancel it (which frees the model) and return None."""
+    async def client_left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result() if task.done() and not task.cancelled() else None
 
 
 def create_app(engine: Engine, model_name: str, config: ServeConfig = ServeConfig()) -> FastAPI:
     service = ChatService(engine, model_name, config)
     limiter = TokenBucket(config.rate_per_minute, config.rate_burst)
+    guard = HostGuard(config)
     page = INDEX_HTML.read_text()
     app = FastAPI(title="picochat", docs_url=None, redoc_url=None)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError):
         return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, error: Exception):
+        return JSONResponse(RequestError(500, f"internal error ({type(error).__name__})", kind="server_error").body(),
+                            status_code=500)
+
+    @app.middleware("http")
+    async def check_host_and_origin(request: Request, call_next):
+        try:
+            guard.check(request.headers.get("host"), request.headers.get("origin"))
+        except RequestError as error:
+            return JSONResponse(error.body(), status_code=error.status)
+        return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
@@ -185,11 +241,11 @@ def create_app(engine: Engine, model_name: str, config: ServeConfig = ServeConfi
                                kind="rate_limit_exceeded")
         chat = parse_chat_request(await read_json(request), model_name, config)
         prompt, params = service.prepare(chat)
-        if chat.stream:
-            steps = service.start_steps(prompt, params)
+        steps = service.start_steps(prompt, params)
+        if chat.stream:  # Starlette cancels the stream (and so the generation) when the client disconnects
             return StreamingResponse(service.stream(steps, params), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await service.complete(prompt, params)
+        return await unless_client_leaves(request, service.complete(steps, prompt, params))
 
     return app
 

@@ -9,7 +9,8 @@ import re
 
 from picochat.errors import PicochatError
 
-PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+PLAIN_NAME_MAX = 128
+PLAIN_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._+-]{{0,{PLAIN_NAME_MAX - 1}}}$")
 
 
 class BadNameError(PicochatError):

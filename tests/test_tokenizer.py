@@ -175,9 +175,12 @@ def test_save_load_round_trip(home, corpus):
     assert {"pattern", "max_chars", "training_seconds", "created"} <= set(meta)
 
 
-def test_retraining_replaces_the_directory_atomically(home, corpus):
+def test_retraining_needs_force_then_replaces_the_directory_atomically(home, corpus):
     train_tokenizer(corpus, "mytok", vocab_size=VOCAB_SIZE)
-    train_tokenizer(corpus[:300], "mytok", vocab_size=VOCAB_SIZE - 8)
+    with pytest.raises(PicochatError, match="'mytok' already exists.*--force"):
+        train_tokenizer(corpus[:300], "mytok", vocab_size=VOCAB_SIZE - 8)
+    assert Tokenizer.load("mytok").vocab_size == VOCAB_SIZE
+    train_tokenizer(corpus[:300], "mytok", vocab_size=VOCAB_SIZE - 8, force=True)
     assert Tokenizer.load("mytok").vocab_size == VOCAB_SIZE - 8
     assert sorted(p.name for p in (home / "tokenizers").iterdir()) == ["mytok"]
 

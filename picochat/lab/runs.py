@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from picochat.checkpoint import list_checkpoints
+from picochat.checkpoint import list_checkpoints, run_dir
 from picochat.errors import PicochatError
 from picochat.runtime import runs_dir
 from picochat.train.metrics import METRICS_FILE
@@ -68,8 +68,8 @@ def is_run_dir(path: Path) -> bool:
 def load_run(name_or_path: str | Path) -> Run:
     """A run by name (under runs_dir()) or by path."""
     path = Path(name_or_path).expanduser()
-    if not is_run_dir(path):
-        path = runs_dir() / str(name_or_path)
+    if not is_run_dir(path) and len(Path(name_or_path).parts) == 1:  # a name: under runs_dir(), never beside it
+        path = run_dir(str(name_or_path))
     if not is_run_dir(path):
         known = ", ".join(list_run_names()) or "none"
         raise PicochatError(f"no run {str(name_or_path)!r} (looked for {CONFIG_FILE} or {METRICS_FILE} in {path}); "

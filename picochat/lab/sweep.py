@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
 import re
@@ -22,6 +23,7 @@ import yaml
 
 from picochat.errors import PicochatError
 from picochat.lab.runs import fmt, is_run_dir, load_run, summarize
+from picochat.names import PLAIN_NAME_MAX, plain_name
 from picochat.runtime import picochat_home, print0, runs_dir
 from picochat.train.config import TrainConfig
 
@@ -91,9 +93,13 @@ def expand(spec: dict) -> list[dict]:
 
 
 def run_name(prefix: str, overrides: dict) -> str:
-    """A readable, filesystem-safe name: prefix-weight_decay0.1-depth2."""
+    """A readable plain name (picochat/names.py): prefix-weight_decay0.1-depth2; an overlong one is cut and
+    ends in a hash of the whole, so two grid points never share a run."""
     parts = [prefix] + [f"{key}{value}" for key, value in overrides.items()]
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join(parts)))
+    if len(name) > PLAIN_NAME_MAX:
+        name = name[:PLAIN_NAME_MAX - 9] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name
 
 
 def config_flags(config: dict) -> list[str]:
@@ -119,7 +125,7 @@ class SweepState:
 
     def __init__(self, name: str, trainer_cmd: list[str], root: Path | None = None):
         self.name, self.trainer_cmd = name, trainer_cmd
-        self.dir = (root or sweeps_dir()) / name
+        self.dir = (root or sweeps_dir()) / plain_name(name, "sweep name (name: in the spec, else the file's stem)")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.results = {row["run"]: row for row in read_results(self.dir)}
 
@@ -230,9 +236,10 @@ def write_results_table(sweep_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
 
 def resolve_sweep_dir(name_or_path: str | Path) -> Path:
     path = Path(name_or_path).expanduser()
-    for candidate in (path, sweeps_dir() / str(name_or_path)):
-        if (candidate / RESULTS_FILE).is_file():
-            return candidate
+    if (path / RESULTS_FILE).is_file():
+        return path
+    if (sweeps_dir() / plain_name(str(name_or_path), "sweep name") / RESULTS_FILE).is_file():
+        return sweeps_dir() / str(name_or_path)
     known = sorted(p.name for p in sweeps_dir().iterdir()) if sweeps_dir().is_dir() else []
     raise PicochatError(f"no sweep results at {path} or {sweeps_dir() / str(name_or_path)} (no {RESULTS_FILE}); "
                         f"sweeps: {', '.join(known) or 'none'}; run one with `picochat sweep SPEC.yaml`")

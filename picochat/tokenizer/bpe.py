@@ -6,6 +6,7 @@ On disk, `tokenizers_dir()/NAME/` holds `ranks.tiktoken` (tiktoken's portable fo
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import tiktoken
 import torch
 
 from picochat.errors import PicochatError
+from picochat.names import plain_name
 from picochat.runtime import tokenizers_dir
 
 # nanochat's specials, appended after the merges (reference facts, "Data and tokenizer"); no system token.
@@ -108,12 +110,17 @@ class Tokenizer:
                 f"`picochat tokenizer train --dataset {self.meta.get('dataset', 'NAME')} --vocab-size {expected}`"
             )
 
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of what decides the ids (merges, split pattern, specials): a checkpoint records it."""
+        return ranks_fingerprint(self.mergeable_ranks, self.pattern)
+
     def save(self, directory: Path) -> None:
         save_tokenizer(self, directory)
 
     @classmethod
     def load(cls, name: str) -> "Tokenizer":
-        return load_tokenizer(tokenizers_dir() / name)
+        return load_tokenizer(tokenizer_dir(name))
 
     @classmethod
     def default_for_dataset(cls, dataset_name: str) -> "Tokenizer":
@@ -135,12 +142,25 @@ def token_byte_lengths(mergeable_ranks: dict[bytes, int], num_special: int) -> t
     return lengths
 
 
+def ranks_fingerprint(mergeable_ranks: dict[bytes, int], pattern: str) -> str:
+    text = ranks_text(mergeable_ranks) + json.dumps([pattern, SPECIAL_TOKENS])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # ---- on disk ----
 
+def tokenizer_dir(name: str) -> Path:
+    """Where tokenizer `name` lives; a name is never a path (`--name ../runs/x` would replace a run)."""
+    return tokenizers_dir() / plain_name(name, "tokenizer name")
+
+
+def ranks_text(mergeable_ranks: dict[bytes, int]) -> str:
+    return "".join(f"{base64.b64encode(token).decode('ascii')} {rank}\n"
+                   for token, rank in sorted(mergeable_ranks.items(), key=lambda kv: kv[1]))
+
+
 def write_ranks(mergeable_ranks: dict[bytes, int], path: Path) -> None:
-    lines = (f"{base64.b64encode(token).decode('ascii')} {rank}\n"
-             for token, rank in sorted(mergeable_ranks.items(), key=lambda kv: kv[1]))
-    path.write_text("".join(lines))
+    path.write_text(ranks_text(mergeable_ranks))
 
 
 def read_ranks(path: Path) -> dict[bytes, int]:
@@ -210,6 +230,26 @@ def read_meta(name: str) -> dict:
         return json.loads((tokenizers_dir() / name / META_FILE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def fingerprint_on_disk(name: str) -> str | None:
+    """The fingerprint of tokenizer `name` as its files stand now; None when it is absent or unreadable."""
+    directory = tokenizer_dir(name)
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+        return ranks_fingerprint(read_ranks(directory / RANKS_FILE), meta.get("pattern", SPLIT_PATTERN))
+    except (OSError, ValueError, PicochatError):
+        return None
+
+
+def check_new_tokenizer(name: str, force: bool) -> Path:
+    """The directory a new tokenizer `name` goes to; an existing one is replaced only with --force."""
+    directory = tokenizer_dir(name)
+    if directory.exists() and not force:
+        raise PicochatError(
+            f"tokenizer {name!r} already exists ({directory}); pass --force to replace it (runs trained with it "
+            f"will then refuse to load), or pick another --name")
+    return directory
 
 
 def find_tokenizer_dir(dataset_name: str) -> Path:

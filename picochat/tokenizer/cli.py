@@ -6,11 +6,13 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+from picochat.checkpoint import runs_using_tokenizer
 from picochat.config import add_config_args, config_from_args, format_config
 from picochat.data.dataset import open_dataset
 from picochat.errors import PicochatError
+from picochat.names import plain_name
 from picochat.runtime import print0, tokenizers_dir
-from picochat.tokenizer.bpe import Tokenizer, available_tokenizers
+from picochat.tokenizer.bpe import Tokenizer, available_tokenizers, check_new_tokenizer
 from picochat.tokenizer.train import (
     DEFAULT_MAX_CHARS,
     DEFAULT_VOCAB_SIZE,
@@ -29,6 +31,7 @@ class TokenizerTrainConfig:
     max_chars: int = field(default=DEFAULT_MAX_CHARS,
                            metadata={"help": "train on the first this many characters of the train split"})
     name: str | None = field(default=None, metadata={"help": "tokenizer name; derived: the dataset's name"})
+    force: bool = field(default=False, metadata={"help": "replace an existing tokenizer of that name"})
 
 
 @dataclass
@@ -59,17 +62,26 @@ def run_train(args: argparse.Namespace) -> None:
     check_vocab_size(cfg.vocab_size)
     if cfg.max_chars <= 0:
         raise PicochatError(f"--max-chars {cfg.max_chars} must be positive (default {DEFAULT_MAX_CHARS:,})")
-    name = cfg.name or cfg.dataset
+    name = plain_name(cfg.name, "--name") if cfg.name else plain_name(cfg.dataset, "--dataset")
+    if check_new_tokenizer(name, cfg.force).exists():
+        warn_runs_using(name)
     print0(format_config(cfg, "tokenizer train"))
     dataset = open_dataset(cfg.dataset)
     started = time.perf_counter()
     tokenizer = train_tokenizer(dataset.iter_documents("train"), name, cfg.vocab_size, cfg.max_chars,
-                                dataset=cfg.dataset)
+                                dataset=cfg.dataset, force=cfg.force)
     meta = tokenizer.meta
     print0(f"trained {tokenizer!r} on {meta['characters']:,} characters ({meta['documents']:,} documents) "
            f"in {time.perf_counter() - started:.1f}s; saved to {tokenizers_dir() / name}")
     sample = list(itertools.islice(dataset.iter_documents("val"), COMPRESSION_SAMPLE_DOCS))
     report_compression(tokenizer, "val", sample)
+
+
+def warn_runs_using(name: str) -> None:
+    runs = runs_using_tokenizer(name)
+    if runs:
+        print0(f"--force: replacing tokenizer {name!r}, which run(s) {', '.join(runs)} were trained with; "
+               f"they will refuse to load until the original is back (retrain it with the same dataset and flags)")
 
 
 def run_eval(args: argparse.Namespace) -> None:

@@ -10,8 +10,8 @@ import rustbpe
 
 from picochat import __version__
 from picochat.errors import PicochatError
-from picochat.runtime import print0, tokenizers_dir
-from picochat.tokenizer.bpe import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, save_tokenizer
+from picochat.runtime import print0
+from picochat.tokenizer.bpe import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, check_new_tokenizer, save_tokenizer
 
 DEFAULT_VOCAB_SIZE = 2**15  # including the specials (reference facts: 32,768)
 DEFAULT_MAX_CHARS = 2_000_000_000
@@ -60,9 +60,12 @@ def check_vocab_size(vocab_size: int) -> None:
 
 def train_tokenizer(documents: Iterable[str], name: str, vocab_size: int = DEFAULT_VOCAB_SIZE,
                     max_chars: int = DEFAULT_MAX_CHARS, dataset: str | None = None,
-                    save: bool = True, progress_every: int = 100_000_000) -> Tokenizer:
-    """Train on `documents`, save to `tokenizers_dir()/name/` (unless save=False), return the tokenizer."""
+                    save: bool = True, progress_every: int = 100_000_000, force: bool = False) -> Tokenizer:
+    """Train on `documents`, save to `tokenizers_dir()/name/` (unless save=False), return the tokenizer.
+
+    An existing tokenizer `name` is replaced only with `force` (checked before training)."""
     check_vocab_size(vocab_size)
+    directory = check_new_tokenizer(name, force) if save else None
     count = CorpusCount(progress_every=progress_every)
     num_merged = vocab_size - len(SPECIAL_TOKENS)
     started = time.perf_counter()
@@ -87,8 +90,8 @@ def train_tokenizer(documents: Iterable[str], name: str, vocab_size: int = DEFAU
         "picochat_version": __version__,
     }
     tokenizer = Tokenizer(name, dict(trainer.get_mergeable_ranks()), SPLIT_PATTERN, meta)
-    if save:
-        save_tokenizer(tokenizer, tokenizers_dir() / name)
+    if directory is not None:
+        save_tokenizer(tokenizer, directory)
     return tokenizer
 
 

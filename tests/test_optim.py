@@ -10,6 +10,7 @@ from torch import nn
 from picochat.optim import (
     MuonAdamW, OptimHParams, adamw_step, build_optimizer, cautious_weight_decay_step, orthogonalize,
 )
+from picochat.optim.muon import nesterov_momentum
 from picochat.runtime import shutdown_runtime
 
 
@@ -137,6 +138,114 @@ def test_muon_step_scales_lr_by_shape_and_decays_cautiously():
     torch.testing.assert_close(p.detach(), expected)
 
 
+# -- the Muon refinements (MuonEq, Muon+, NorMuon): off is plain Muon, on is the formula --
+
+EXTRAS = ("muon_eq", "muon_plus", "normuon")
+
+
+def muon_run(shape: tuple[int, int], steps: int, weight_decay: float = 0.0, **extras) -> tuple[torch.Tensor, list]:
+    """A lone matrix stepped by MuonAdamW on seeded grads: (final weights, the grads it saw)."""
+    g = torch.Generator().manual_seed(11)
+    p = nn.Parameter(torch.randn(*shape, generator=g))
+    opt = MuonAdamW([{"kind": "muon", "params": [p], "lr": 0.02, "weight_decay": weight_decay, **extras}])
+    grads = [torch.randn(*shape, generator=g) for _ in range(steps)]
+    for grad in grads:
+        p.grad = grad.clone()
+        opt.step()
+    return p.detach(), grads
+
+
+def initial_weights(shape: tuple[int, int]) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(11))
+
+
+def nesterov_directions(grads: list[torch.Tensor], beta: float = 0.95) -> list[torch.Tensor]:
+    """buf ← β·buf + (1−β)·g, direction = (1−β)·g + β·buf."""
+    buf, directions = torch.zeros_like(grads[0]), []
+    for grad in grads:
+        buf = beta * buf + (1 - beta) * grad
+        directions.append((1 - beta) * grad + beta * buf)
+    return directions
+
+
+@pytest.mark.parametrize("shape", [(8, 6), (4, 10)])
+def test_muon_with_every_extra_off_is_the_plain_muon_step_bit_for_bit(shape):
+    """Off must take the plain path: momentum → orthogonalise → cautious decay, the same ops in the same order."""
+    got, grads = muon_run(shape, steps=3, weight_decay=0.2, muon_eq=False, muon_plus=False, normuon=False)
+    weights = initial_weights(shape).unsqueeze(0)
+    buffer = torch.zeros_like(weights)
+    lr, wd, beta = (torch.tensor(v) for v in (0.02 * max(1.0, shape[0] / shape[1]) ** 0.5, 0.2, 0.95))
+    for grad in grads:
+        update = orthogonalize(nesterov_momentum(grad.unsqueeze(0), buffer, beta))
+        cautious_weight_decay_step(weights, update, lr, wd)
+    assert torch.equal(got, weights[0])
+
+
+def muon_by_formula(shape: tuple[int, int], grads: list[torch.Tensor], orthogonal_update) -> torch.Tensor:
+    """W ← W − lr·U per step (no decay), U from `orthogonal_update(direction, step)`."""
+    lr = 0.02 * max(1.0, shape[0] / shape[1]) ** 0.5
+    weights = initial_weights(shape)
+    for step, direction in enumerate(nesterov_directions(grads)):
+        weights = weights - lr * orthogonal_update(direction, step)
+    return weights
+
+
+@pytest.mark.parametrize("shape", [(8, 6), (4, 10)])
+def test_muon_eq_equilibrates_rows_before_orthogonalising(shape):
+    got, grads = muon_run(shape, steps=2, muon_eq=True)
+
+    def equilibrated(direction, step):
+        mean_row_norm = direction.norm() / shape[0] ** 0.5
+        rows = [row * mean_row_norm / row.norm() for row in direction]
+        return orthogonalize(torch.stack(rows))
+    torch.testing.assert_close(got, muon_by_formula(shape, grads, equilibrated))
+    assert not torch.allclose(got, muon_run(shape, steps=2)[0])  # it changes the step
+
+
+@pytest.mark.parametrize("shape", [(8, 6), (4, 10)])
+def test_muon_plus_snaps_the_update_to_frobenius_norm_sqrt_min_side(shape):
+    got, grads = muon_run(shape, steps=2, muon_plus=True)
+
+    def renormalized(direction, step):
+        O = orthogonalize(direction)
+        return O * min(shape) ** 0.5 / torch.linalg.matrix_norm(O)
+    torch.testing.assert_close(got, muon_by_formula(shape, grads, renormalized))
+    assert not torch.allclose(got, muon_run(shape, steps=2)[0])
+
+
+@pytest.mark.parametrize("shape", [(8, 6), (4, 10)])
+def test_normuon_normalizes_each_neuron_by_its_running_rms_and_keeps_the_norm(shape):
+    """Per row for a tall matrix (8×6), per column for a wide one (4×10); v ← 0.9·v + 0.1·mean(O²)."""
+    got, grads = muon_run(shape, steps=3, normuon=True)
+    tall = shape[0] >= shape[1]
+    second_moment = torch.zeros(shape[0] if tall else shape[1])
+
+    def normalized(direction, step):
+        nonlocal second_moment
+        O = orthogonalize(direction)
+        per_neuron = O if tall else O.T
+        second_moment = 0.9 * second_moment + 0.1 * (per_neuron ** 2).sum(dim=1) / per_neuron.shape[1]
+        scaled = per_neuron / second_moment.sqrt().unsqueeze(1)
+        scaled = scaled if tall else scaled.T
+        return scaled * torch.linalg.matrix_norm(O) / torch.linalg.matrix_norm(scaled)
+    torch.testing.assert_close(got, muon_by_formula(shape, grads, normalized))
+    assert not torch.allclose(got, muon_run(shape, steps=3)[0])
+
+
+def test_state_dict_from_before_the_extras_loads_with_them_off():
+    params = toy_params()
+    old = toy_optimizer(params)
+    step_with_grads(old, params, 0)
+    saved = old.state_dict()
+    for group in saved["param_groups"]:
+        for key in ("muon_eq", "muon_plus", "normuon", "normuon_beta2"):
+            group.pop(key, None)
+    resumed = toy_optimizer(params, normuon=True)
+    resumed.load_state_dict(saved)
+    assert [g.get("normuon") for g in resumed.param_groups if g["kind"] == "muon"] == [False, False]
+    step_with_grads(resumed, params, 1)
+
+
 def test_muon_group_rejects_mixed_shapes():
     with pytest.raises(ValueError, match="one shape"):
         MuonAdamW([{"kind": "muon", "params": [nn.Parameter(torch.zeros(2, 3)), nn.Parameter(torch.zeros(3, 2))],
@@ -207,10 +316,10 @@ def toy_params() -> list[nn.Parameter]:
     return [nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
 
 
-def toy_optimizer(params: list[nn.Parameter]) -> MuonAdamW:
-    # 3 stacked matrices over 2 ranks (one padded slot), a lone matrix only rank 0 owns, AdamW.
-    return MuonAdamW([{"kind": "muon", "params": params[:3], "lr": 0.02, "weight_decay": 0.2},
-                      {"kind": "muon", "params": params[3:4], "lr": 0.03, "weight_decay": 0.1},
+def toy_optimizer(params: list[nn.Parameter], **extras) -> MuonAdamW:
+    # 3 stacked tall matrices over 2 ranks (one padded slot), a lone wide matrix only rank 0 owns, AdamW.
+    return MuonAdamW([{"kind": "muon", "params": params[:3], "lr": 0.02, "weight_decay": 0.2, **extras},
+                      {"kind": "muon", "params": params[3:4], "lr": 0.03, "weight_decay": 0.1, **extras},
                       {"kind": "adamw", "params": params[4:], "lr": 0.01, "weight_decay": 0.05}])
 
 
@@ -225,44 +334,58 @@ def step_with_grads(opt: MuonAdamW, params: list[nn.Parameter], step: int, rank:
     opt.step()
 
 
-def test_state_dict_round_trip_resumes_the_same_trajectory():
+@pytest.mark.parametrize("extras", [{}, {"muon_eq": True, "muon_plus": True, "normuon": True}])
+def test_state_dict_round_trip_resumes_the_same_trajectory(extras, tmp_path):
     params, resumed_params = toy_params(), toy_params()
-    straight, interrupted = toy_optimizer(params), toy_optimizer(resumed_params)
-    step_with_grads(straight, params, 0)
-    step_with_grads(interrupted, resumed_params, 0)
-    resumed = toy_optimizer(resumed_params)
-    resumed.load_state_dict(interrupted.state_dict())
-    step_with_grads(straight, params, 1)
-    step_with_grads(resumed, resumed_params, 1)
+    straight, interrupted = toy_optimizer(params, **extras), toy_optimizer(resumed_params, **extras)
+    for step in range(2):
+        step_with_grads(straight, params, step)
+        step_with_grads(interrupted, resumed_params, step)
+    torch.save(interrupted.state_dict(), tmp_path / "optim.pt")  # as a checkpoint writes it
+    resumed = toy_optimizer(resumed_params)  # the options come back from the saved groups
+    resumed.load_state_dict(torch.load(tmp_path / "optim.pt"))
+    saved_state = resumed.state_dict()["state"][0]
+    assert ("second_momentum_buffer" in saved_state) == bool(extras)
+    if extras:
+        assert saved_state["second_momentum_buffer"].shape == (3, 8, 1)  # per row of the tall 8×6 stack
+    for step in range(2, 4):
+        step_with_grads(straight, params, step)
+        step_with_grads(resumed, resumed_params, step)
     for a, b in zip(params, resumed_params):
-        torch.testing.assert_close(a, b)
+        assert torch.equal(a, b)
+
+
+# Plain Muon and each refinement alone; one spawn runs them all (starting processes dominates the cost).
+DISTRIBUTED_OPTIONS = {"plain": {}, **{extra: {extra: True} for extra in EXTRAS}}
 
 
 def distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    params = toy_params()
-    opt = toy_optimizer(params)
-    for step in range(STEPS):
-        step_with_grads(opt, params, step, rank)
-    torch.save([p.detach() for p in params], f"{out_dir}/rank{rank}.pt")
+    for name, extras in DISTRIBUTED_OPTIONS.items():
+        params = toy_params()
+        opt = toy_optimizer(params, **extras)
+        for step in range(STEPS):
+            step_with_grads(opt, params, step, rank)
+        torch.save([p.detach() for p in params], f"{out_dir}/{name}-rank{rank}.pt")
     shutdown_runtime()
 
 
 @pytest.mark.slow
-def test_two_process_step_equals_one_process_on_averaged_grads(tmp_path):
+def test_two_process_step_equals_one_process_on_averaged_grads_with_each_extra(tmp_path):
     world = 2
     mp.spawn(distributed_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world)
-    params = toy_params()
-    opt = toy_optimizer(params)
-    for step in range(STEPS):
-        per_rank = [rank_grads(step, r, params) for r in range(world)]
-        for p, *grads in zip(params, *per_rank):
-            p.grad = torch.stack(grads).mean(0)
-        opt.step()
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(world))
-    initial = toy_params()
-    for ours, theirs, other, start in zip(params, rank0, rank1, initial):
-        assert torch.equal(theirs, other)  # every rank holds identical weights
-        assert not torch.equal(theirs, start)
-        torch.testing.assert_close(theirs, ours.detach(), rtol=1e-5, atol=1e-6)
+    for name, extras in DISTRIBUTED_OPTIONS.items():
+        params = toy_params()
+        opt = toy_optimizer(params, **extras)
+        for step in range(STEPS):
+            per_rank = [rank_grads(step, r, params) for r in range(world)]
+            for p, *grads in zip(params, *per_rank):
+                p.grad = torch.stack(grads).mean(0)
+            opt.step()
+        rank0, rank1 = (torch.load(tmp_path / f"{name}-rank{r}.pt") for r in range(world))
+        initial = toy_params()
+        for ours, theirs, other, start in zip(params, rank0, rank1, initial):
+            assert torch.equal(theirs, other), name  # every rank holds identical weights
+            assert not torch.equal(theirs, start), name
+            torch.testing.assert_close(theirs, ours.detach(), rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")

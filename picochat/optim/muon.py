@@ -5,8 +5,9 @@ semi-orthogonal matrix U·Vᵀ of its momentum, computed with a few matrix
 polynomials instead of an SVD. Every function here accepts a single matrix
 [rows, cols] or a stack of same-shaped matrices [..., rows, cols].
 
-Not implemented (nanochat has them): MuonEq row equilibration, Frobenius
-renormalisation to √min(m, n) and NorMuon variance reduction (arXiv 2510.05491).
+Three optional refinements, each off by default, in the order nanochat applies them
+(github.com/karpathy/nanochat, nanochat/optim.py, muon_step_fused):
+  momentum → MuonEq row equilibration → orthogonalise → Muon+ renormalisation → NorMuon.
 """
 from __future__ import annotations
 
@@ -54,11 +55,67 @@ def nesterov_momentum(grad: Tensor, momentum_buffer: Tensor, beta, nesterov: boo
     return grad.lerp(momentum_buffer, beta) if nesterov else momentum_buffer
 
 
+def equilibrate_rows(X: Tensor) -> Tensor:
+    """MuonEq (arXiv 2603.28254): every row rescaled to the mean row norm ‖X‖_F/√rows, so
+    no row dominates the spectrum the polynomials must flatten."""
+    target = X.norm(dim=(-2, -1), keepdim=True) / X.size(-2) ** 0.5
+    return X * (target / X.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+
+def renormalize_frobenius(O: Tensor) -> Tensor:
+    """Muon+ (arXiv 2602.21545): snap ‖O‖_F to √min(rows, cols), the norm of an exactly
+    semi-orthogonal matrix, undoing the polynomials' under- or over-shoot. Returns fp32."""
+    O = O.float()
+    target = min(O.size(-2), O.size(-1)) ** 0.5
+    return O * (target / O.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-6))
+
+
+def neuron_axis(shape: torch.Size) -> int:
+    """The axis NorMuon averages over: columns when rows ≥ cols (one statistic per row),
+    rows otherwise (one per column), i.e. the statistic lives on the longer side."""
+    return -1 if shape[-2] >= shape[-1] else -2
+
+
+def neuron_second_moment(updates: Tensor) -> Tensor:
+    """A zero NorMuon state for `updates` [..., rows, cols]: [..., rows, 1] or [..., 1, cols], fp32."""
+    shape = list(updates.shape)
+    shape[neuron_axis(updates.shape)] = 1
+    return torch.zeros(shape, dtype=torch.float32, device=updates.device)
+
+
+def neuron_normalize(O: Tensor, second_moment: Tensor, beta2) -> Tensor:
+    """NorMuon (Li et al., arXiv 2510.05491): divide each neuron of the orthogonalised update by
+    the root of its running mean square (v ← β₂·v + (1−β₂)·mean(O²), in place), then rescale to
+    ‖O‖_F so the LR keeps its meaning. Returns fp32.
+
+    The statistic is factored on the longer side (`neuron_axis`) and the rescale preserves the
+    norm, as nanochat does; the paper keeps one per output row and rescales to 0.2·√(rows·cols).
+    No bias correction: v starts at zero for every neuron alike, and the rescale cancels a common factor.
+    """
+    O = O.float()
+    second_moment.lerp_(O.square().mean(dim=neuron_axis(O.shape), keepdim=True), 1 - beta2)
+    normalized = O * second_moment.clamp_min(1e-10).rsqrt()
+    scale = O.norm(dim=(-2, -1), keepdim=True) / normalized.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10)
+    return normalized * scale
+
+
 def muon_update(grad: Tensor, momentum_buffer: Tensor, beta, nesterov: bool = True,
-                steps: int = 5, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Muon's update direction for `grad` (not yet scaled by the LR); updates the buffer in place."""
+                steps: int = 5, dtype: torch.dtype = torch.float32, equilibrate: bool = False,
+                renormalize: bool = False, second_moment: Tensor | None = None, beta2=0.9) -> Tensor:
+    """Muon's update direction for `grad` (not yet scaled by the LR); updates the buffers in place.
+
+    `equilibrate` turns on MuonEq, `renormalize` Muon+, and a `second_moment` buffer
+    (from `neuron_second_moment`) NorMuon with decay `beta2`. With all three off this is plain Muon.
+    """
     direction = nesterov_momentum(grad, momentum_buffer, beta, nesterov)
-    return orthogonalize(direction, steps, dtype)
+    if equilibrate:
+        direction = equilibrate_rows(direction)
+    update = orthogonalize(direction, steps, dtype)
+    if renormalize:
+        update = renormalize_frobenius(update)
+    if second_moment is not None:
+        update = neuron_normalize(update, second_moment, beta2)
+    return update
 
 
 def shape_lr_scale(shape: torch.Size) -> float:

@@ -2,6 +2,7 @@
 
 Each param group carries `kind` ("muon" or "adamw") and its own hyperparameters:
   muon:  lr, weight_decay, momentum, nesterov, ns_steps   (all params of one shape)
+         muon_eq, muon_plus, normuon, normuon_beta2       (refinements, off by default: muon.py)
   adamw: lr, weight_decay, betas, eps
 plus `initial_lr` (set to lr at construction) so schedules can multiply it.
 
@@ -14,9 +15,9 @@ the gradients itself. AdamW grads are all-reduced and every rank applies the sam
 Muon grads of a group are stacked and reduce-scattered, so rank r receives the averaged
 grads of its share (matrices [r·c, (r+1)·c), c = ⌈K/world⌉), orthogonalises only those,
 and all-gathers the new weights: every rank ends with identical parameters, equal to one
-process stepping on the averaged gradient. Muon momentum is therefore sharded per rank
-(ZeRO-2 style): a rank's state_dict holds only its share, and must be resumed at the
-same world size. Every parameter is expected to receive a gradient; a missing one counts
+process stepping on the averaged gradient. Muon momentum (and NorMuon's second moment)
+is therefore sharded per rank (ZeRO-2 style): a rank's state_dict holds only its share,
+and must be resumed at the same world size. Every parameter is expected to receive a gradient; a missing one counts
 as zero (so all ranks always join the same collectives).
 """
 from __future__ import annotations
@@ -28,9 +29,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from picochat.optim.adamw import adamw_step
-from picochat.optim.muon import cautious_weight_decay_step, muon_update, shape_lr_scale
+from picochat.optim.muon import cautious_weight_decay_step, muon_update, neuron_second_moment, shape_lr_scale
 
-MUON_DEFAULTS = {"momentum": 0.95, "nesterov": True, "ns_steps": 5, "weight_decay": 0.0}
+MUON_DEFAULTS = {"momentum": 0.95, "nesterov": True, "ns_steps": 5, "weight_decay": 0.0,
+                 "muon_eq": False, "muon_plus": False, "normuon": False, "normuon_beta2": 0.9}
 ADAMW_DEFAULTS = {"betas": (0.8, 0.95), "eps": 1e-10, "weight_decay": 0.0}
 
 
@@ -67,6 +69,12 @@ class MuonAdamW(torch.optim.Optimizer):
             if len(shapes) > 1 or any(len(s) < 2 for s in shapes):
                 raise ValueError(f"a muon group holds matrices of one shape, got shapes {sorted(shapes)}")
         return group
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Saved groups replace the live ones; a checkpoint from before an option existed gets its default."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            self._with_defaults(group)
 
     def _scalars(self, index: int, device: torch.device, **values: float) -> dict[str, Tensor]:
         """The group's hyperparameters as persistent 0-D tensors, refilled in place each step."""
@@ -153,14 +161,21 @@ class MuonAdamW(torch.optim.Optimizer):
         start = self.rank * chunk
         owned = params[start:start + chunk]
         hp = self._scalars(index, params[0].device, lr=group["lr"] * shape_lr_scale(params[0].shape),
-                           weight_decay=group["weight_decay"], momentum=group["momentum"])
+                           weight_decay=group["weight_decay"], momentum=group["momentum"],
+                           normuon_beta2=group["normuon_beta2"])
         new_weights = torch.zeros_like(shard_grads)
         if owned:
+            owned_grads = shard_grads[: len(owned)]
             state = self.state[params[0]]  # the group's stacked state, keyed by its first matrix
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(shard_grads[: len(owned)])
-            update = muon_update(shard_grads[: len(owned)], state["momentum_buffer"], hp["momentum"],
-                                 group["nesterov"], group["ns_steps"], self.muon_dtype)
+                state["momentum_buffer"] = torch.zeros_like(owned_grads)
+            if group["normuon"] and "second_momentum_buffer" not in state:
+                state["second_momentum_buffer"] = neuron_second_moment(owned_grads)
+            update = muon_update(owned_grads, state["momentum_buffer"], hp["momentum"],
+                                 group["nesterov"], group["ns_steps"], self.muon_dtype,
+                                 equilibrate=group["muon_eq"], renormalize=group["muon_plus"],
+                                 second_moment=state["second_momentum_buffer"] if group["normuon"] else None,
+                                 beta2=hp["normuon_beta2"])
             weights = torch.stack([p.float() for p in owned])
             cautious_weight_decay_step(weights, update, hp["lr"], hp["weight_decay"])
             new_weights[: len(owned)] = weights

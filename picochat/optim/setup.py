@@ -48,6 +48,11 @@ class OptimHParams:
     x0_lambda_beta1: float = field(default=0.96, metadata=field_help("nanochat dev/LOG.md d20 sweep: flat 0.90-0.96, sharp cliff at 0.98"))
     x0_lambda_beta2: float = 0.95
     adam_eps: float = 1e-10
+    # Muon refinements (picochat/optim/muon.py), off until the lab shows they pay at our scale.
+    muon_eq: bool = field(default=False, metadata=field_help("MuonEq: equilibrate the momentum's rows before orthogonalising"))
+    muon_plus: bool = field(default=False, metadata=field_help("Muon+: renormalise the orthogonal update to Frobenius norm √min(m, n)"))
+    normuon: bool = field(default=False, metadata=field_help("NorMuon: normalise each neuron of the update by its running RMS (arXiv 2510.05491)"))
+    normuon_beta2: float = field(default=0.9, metadata=field_help("NorMuon second-moment decay"))
 
 
 def muon_weight_decay(hp: OptimHParams, width: int) -> float:
@@ -79,7 +84,8 @@ def build_optimizer(model_groups: dict[str, list[nn.Parameter]], hp: OptimHParam
     ]
     groups += [
         {"kind": "muon", "name": f"matrix{list(shape)}", "params": params, "lr": hp.matrix_lr,
-         "momentum": hp.muon_momentum, "weight_decay": muon_weight_decay(hp, width)}
+         "momentum": hp.muon_momentum, "weight_decay": muon_weight_decay(hp, width),
+         "muon_eq": hp.muon_eq, "muon_plus": hp.muon_plus, "normuon": hp.normuon, "normuon_beta2": hp.normuon_beta2}
         for shape, params in _by_shape(model_groups["matrix"]).items()
     ]
     return MuonAdamW([g for g in groups if g["params"]], muon_dtype=muon_dtype)

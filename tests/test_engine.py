@@ -9,8 +9,9 @@ from infer_helpers import tiny_model, tiny_tokenizer
 from picochat.checkpoint import run_dir, save_checkpoint
 from picochat.cli import main
 from picochat.infer.chat_cli import ChatConfig, chat_loop
-from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams, StreamDecoder
+from picochat.infer.engine import Batch, Engine, PromptTooLongError, SamplingParams, StreamDecoder
 from picochat.infer.sampling import filtered_probs, sample_rows
+from picochat.model.kv_cache import KVCache
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +172,114 @@ def test_chat_command_one_shot_loads_a_saved_run(tok, monkeypatch, tmp_path, cap
     with pytest.raises(SystemExit) as exited:
         main(["chat", "--run", "no-such-run", "-p", "Hello", "--device", "cpu"])
     assert exited.value.code == 2 and "no-such-run" in capsys.readouterr().err
+
+
+# --- continuous batching: a request decodes the same in company as alone ---------------------------------
+
+def decode_alone(engine, prompt, params) -> list[list[int]]:
+    rows = [[] for _ in range(params.num_samples)]
+    for step in engine.generate(prompt, params):
+        for row, token in zip(rows, step):
+            if token is not None:
+                row.append(token)
+    return rows
+
+
+def decode_together(engine, jobs: list[tuple[list[int], SamplingParams, int]], max_rows: int) -> list[list[list[int]]]:
+    """Each job (prompt, params, the step at which it joins) decoded in one shared batch."""
+    batch = Batch(engine, max_rows, engine.context_length)
+    outputs, handles, step = [None] * len(jobs), {}, 0
+    while len(handles) < len(jobs) or batch.slots:
+        for j, (prompt, params, joins_at) in enumerate(jobs):
+            if joins_at == step:
+                handles[batch.add(prompt, params)] = j
+                outputs[j] = [[] for _ in range(params.num_samples)]
+        for request, tokens in batch.step():
+            for row, token in zip(outputs[handles[request]], tokens):
+                if token is not None:
+                    row.append(token)
+        step += 1
+    return outputs
+
+
+def test_requests_decoded_together_equal_each_decoded_alone(engine, tok):
+    """Different prompt lengths (one past the S layer's 32-token window), greedy and seeded sampling with
+    different filters, n = 2, joining at different steps and leaving at different lengths."""
+    jobs = [
+        (prompt_ids(tok, 5), SamplingParams(max_tokens=20, temperature=0), 0),
+        (prompt_ids(tok, 40), SamplingParams(max_tokens=12, temperature=1.0, top_k=20, seed=5, num_samples=2), 0),
+        (prompt_ids(tok, 17), SamplingParams(max_tokens=6, temperature=0.7, top_p=0.9, seed=9), 3),
+        (prompt_ids(tok, 9), SamplingParams(max_tokens=15, temperature=1.3, seed=11), 7),
+        (prompt_ids(tok, 33), SamplingParams(max_tokens=10, temperature=0), 8),
+    ]
+    together = decode_together(engine, jobs, max_rows=6)
+    alone = [decode_alone(engine, prompt, params) for prompt, params, _ in jobs]
+    assert together == alone
+    assert sum(len(row) for rows in alone for row in rows) > 40, "the rows stopped too early to mean much"
+
+
+def test_a_ragged_forward_matches_each_row_alone_in_fp32(engine, tok):
+    """What holds below the tokens: rows at different positions, decoded in one forward, give each row's
+    logits to within 1e-4 of that row decoded alone (a batched matmul may sum in another order, so the
+    low bits may differ; the token-level test above shows they do not change a token on these cases)."""
+    model, lengths = engine.model, [3, 41, 20]
+    cache = KVCache(model.config, 3, 64)
+    alone = []
+    with torch.no_grad():
+        for row, length in enumerate(lengths):
+            prompt = prompt_ids(tok, length)
+            _, prefill = engine.prefill(prompt)
+            cache.insert(prefill, [row])
+            single = KVCache(model.config, 1, 64)
+            single.insert(prefill, [0])
+            alone.append(model(torch.tensor([[prompt[-1]]]), kv_cache=single)[0, -1])
+        together = model(torch.tensor([[prompt_ids(tok, n)[-1]] for n in lengths]), kv_cache=cache)[:, -1]
+    assert cache.lengths == [n + 1 for n in lengths]
+    torch.testing.assert_close(together, torch.stack(alone), atol=1e-4, rtol=1e-4)
+
+
+class SuccessorModel(ScriptedModel):
+    """Each row's next token is a fixed successor of the token it was fed last, so each request follows its own
+    script whatever else is in the batch."""
+
+    def __init__(self, real, successor: dict[int, int], default: int):
+        super().__init__(real, [default])
+        self.successor, self.default = successor, default
+
+    def forward(self, idx, kv_cache=None):
+        self.real(idx, kv_cache=kv_cache)
+        logits = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
+        for row, last in enumerate(idx[:, -1].tolist()):
+            logits[row, -1, self.successor.get(last, self.default)] = 1.0
+        return logits
+
+
+def test_a_tool_call_in_one_row_runs_the_calculator_for_that_row_only(tok):
+    special = tok.special_id
+    end, call = special("<|assistant_end|>"), tok.encode("12*7")
+    words = [t for t in tok.encode(" fox dog") if t not in call]
+    script = [special("<|python_start|>"), *call, special("<|python_end|>")]
+    successor = dict(zip(script, script[1:])) | {special("<|output_end|>"): end}
+    tool_prompt, plain_prompt = prompt_ids(tok, 6), prompt_ids(tok, 9)
+    successor |= {tool_prompt[-1]: script[0], plain_prompt[-1]: words[0]} | dict(zip(words, words[1:]))
+    engine = Engine(SuccessorModel(tiny_model(tok.vocab_size), successor, end), tok)
+    greedy = SamplingParams(max_tokens=30, temperature=0)
+    jobs = [(plain_prompt, greedy, 0), (tool_prompt, greedy, 0), (plain_prompt, greedy, 2)]
+    together = decode_together(engine, jobs, max_rows=3)
+    output = [special("<|output_start|>"), *tok.encode("84"), special("<|output_end|>")]
+    assert together[1] == [[*script, *output, end]]
+    assert together[0] == together[2] == [[*words, end]]
+    assert together == [decode_alone(engine, prompt, params) for prompt, params, _ in jobs]
+
+
+def test_a_removed_request_frees_its_rows_for_the_next(engine, tok):
+    batch = Batch(engine, 3, engine.context_length)
+    first = batch.add(prompt_ids(tok, 8), SamplingParams(max_tokens=30, temperature=0, num_samples=2))
+    second = batch.add(prompt_ids(tok, 12), SamplingParams(max_tokens=30, temperature=0))
+    batch.step()
+    with pytest.raises(ValueError, match="free rows"):
+        batch.add(prompt_ids(tok, 5), SamplingParams(max_tokens=4, num_samples=2))
+    batch.remove([first])
+    assert batch.free_rows == 2 and second.cache_rows == [0] and batch.cache.lengths[0] == 13
+    third = batch.add(prompt_ids(tok, 5), SamplingParams(max_tokens=4, temperature=0, num_samples=2))
+    assert third.cache_rows == [1, 2] and batch.slots == [second, third, third]

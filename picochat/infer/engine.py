@@ -1,11 +1,14 @@
-"""Generation with the KV cache: prefill once, decode token by token, the calculator live.
+"""Generation with the KV cache: prefill once, decode token by token, many requests at once, the calculator live.
 
-One prompt is prefilled into a one-row cache, copied into `num_samples` rows (KVCache.from_prefill),
-and every row then decodes in lockstep, one token per step. Each row has its own seeded generator
-(seed + row), so a request is reproducible and its rows equal single runs seeded alike. When a row
-closes a <|python_start|> ... <|python_end|> span, the sandbox evaluates it and the result is forced
-into that row as <|output_start|> result <|output_end|>, one token per step (reference facts,
-"Inference and serving").
+A `Batch` decodes requests together (continuous batching, as in Orca, OSDI 2022, and vLLM): each request is
+prefilled alone into a one-row cache, copied into as many free rows of the batch's cache as it wants samples,
+and from the next step on decodes with everyone else, one token per row per step, each row at its own
+position. A request leaves when all its rows have stopped, and its rows go to whoever comes next.
+Every row has its own seeded generator (seed + sample index) and its own sampling parameters, so a request's
+tokens do not depend on what else is in the batch: with the same seed it writes what it writes alone (up to
+the low bits a matmul of another batch size may sum differently; tests/test_engine.py checks both).
+When a row closes a <|python_start|> ... <|python_end|> span, the sandbox evaluates it and the result is forced
+into that row as <|output_start|> result <|output_end|>, one token per step (nanochat's engine.py does the same).
 """
 from __future__ import annotations
 
@@ -75,23 +78,13 @@ class Engine:
                                      f"{self.context_length}; shorten the conversation")
         return min(max_tokens, room)
 
-    @torch.no_grad()
     def generate(self, prompt: list[int], params: SamplingParams = SamplingParams()) -> Iterator[list[int | None]]:
         """Yield, at each step, every row's new token (the stop token included), or None once a row has finished."""
-        budget = self.reply_budget(len(prompt), params.max_tokens)
-        rows = [RowState() for _ in range(params.num_samples)]
-        generators = [torch.Generator().manual_seed(params.seed + r) for r in range(params.num_samples)]
-        logits, cache = self._prefill(prompt, params.num_samples, len(prompt) + budget)
-        for step in range(budget):
-            tokens = self._next_tokens(rows, logits, generators, params)
-            for row, token in zip(rows, tokens):
-                if token is not None:
-                    self._advance(row, token, at_limit=step == budget - 1)
+        batch = Batch(self, params.num_samples, len(prompt) + self.reply_budget(len(prompt), params.max_tokens))
+        request = batch.add(prompt, params)
+        while not request.done:
+            [(_, tokens)] = batch.step()
             yield tokens
-            if all(row.finish_reason for row in rows):
-                return
-            fed = [row.tokens[-1] for row in rows]  # finished rows feed anything; their output is ignored
-            logits = self.model(torch.tensor(fed, device=self.device)[:, None], kv_cache=cache)[:, -1]
 
     def generate_completions(self, prompt: list[int], params: SamplingParams = SamplingParams()) -> list[Completion]:
         rows: list[list[int]] = [[] for _ in range(params.num_samples)]
@@ -107,19 +100,25 @@ class Engine:
             return Completion(tokens[:-1], "stop")
         return Completion(tokens, "length")
 
-    def _prefill(self, prompt: list[int], num_samples: int, max_len: int) -> tuple[torch.Tensor, KVCache]:
-        dtype = self.model.compute_dtype
-        single = KVCache(self.model.config, 1, max_len, self.device, dtype)
-        logits = self.model(torch.tensor([prompt], device=self.device), kv_cache=single)[:, -1]
-        if num_samples == 1:
-            return logits, single
-        return logits.expand(num_samples, -1), KVCache.from_prefill(single, num_samples)
+    @torch.no_grad()
+    def prefill(self, prompt: list[int]) -> tuple[torch.Tensor, KVCache]:
+        """The prompt run through the model into a one-row cache: the next token's logits [1, V] and the cache."""
+        cache = KVCache(self.model.config, 1, len(prompt), self.device, self.model.compute_dtype)
+        return self.model(torch.tensor([prompt], device=self.device), kv_cache=cache)[:, -1], cache
 
-    def _next_tokens(self, rows: list[RowState], logits: torch.Tensor, generators, params) -> list[int | None]:
+    def next_tokens(self, request: Request, logits: torch.Tensor) -> list[int | None]:
+        """Each of the request's rows' next token from its logits [rows, V]: forced, sampled, or None once done;
+        the rows' states advance with it."""
+        rows, params = request.rows, request.params
         to_sample = [r for r, row in enumerate(rows) if not row.finish_reason and not row.forced]
-        sampled = sample_rows(logits, generators, to_sample, params.temperature, params.top_k, params.top_p)
-        return [None if row.finish_reason else row.forced.popleft() if row.forced else sampled[r]
-                for r, row in enumerate(rows)]
+        sampled = sample_rows(logits, request.generators, to_sample, params.temperature, params.top_k, params.top_p)
+        tokens = [None if row.finish_reason else row.forced.popleft() if row.forced else sampled[r]
+                  for r, row in enumerate(rows)]
+        for row, token in zip(rows, tokens):
+            if token is not None:
+                self._advance(row, token, at_limit=request.steps == request.budget - 1)
+        request.steps += 1
+        return tokens
 
     def _advance(self, row: RowState, token: int, at_limit: bool) -> None:
         row.tokens.append(token)
@@ -139,6 +138,91 @@ class Engine:
         row.python_tokens = None
         if result is not None:
             row.forced.extend([self.output_start, *self.tokenizer.encode(result), self.output_end])
+
+
+@dataclass(eq=False)
+class Request:
+    """One request in a batch: its sampling parameters, reply budget, and per-row states and generators."""
+    params: SamplingParams
+    budget: int
+    rows: list[RowState]
+    generators: list[torch.Generator]
+    cache_rows: list[int]  # where its rows sit in the batch's cache, in sample order
+    steps: int = 0
+
+    @property
+    def done(self) -> bool:
+        return all(row.finish_reason for row in self.rows)
+
+
+class Batch:
+    """Requests decoding together in one cache of `max_rows` rows of `max_len` positions.
+
+    The rows in use are kept at the front (0..A-1), so each step is one forward on A rows; when a request
+    leaves, the last rows move into its place.
+    """
+
+    def __init__(self, engine: Engine, max_rows: int, max_len: int):
+        self.engine, self.max_len = engine, max_len
+        model = engine.model
+        self.cache = KVCache(model.config, max_rows, max_len, engine.device, model.compute_dtype)
+        self.slots: list[Request] = []  # cache row i belongs to slots[i]
+        self.logits: torch.Tensor | None = None  # [A, V]: each row's logits for its next token
+
+    @property
+    def free_rows(self) -> int:
+        return self.cache.batch_size - len(self.slots)
+
+    @property
+    def requests(self) -> list[Request]:
+        return list(dict.fromkeys(self.slots))
+
+    @torch.no_grad()
+    def add(self, prompt: list[int], params: SamplingParams) -> Request:
+        """Prefill `prompt` and give it `params.num_samples` rows; its first tokens come at the next step."""
+        budget = self.engine.reply_budget(len(prompt), params.max_tokens)
+        n = params.num_samples
+        if n > self.free_rows or len(prompt) + budget > self.max_len:
+            raise ValueError(f"the batch has {self.free_rows} free rows of {self.max_len} positions; "
+                             f"the request needs {n} of {len(prompt) + budget}")
+        logits, prefill = self.engine.prefill(prompt)
+        rows = list(range(len(self.slots), len(self.slots) + n))
+        self.cache.insert(prefill, rows)
+        request = Request(params, budget, [RowState() for _ in range(n)],
+                          [torch.Generator().manual_seed(params.seed + r) for r in range(n)], rows)
+        self.slots += [request] * n
+        logits = logits.repeat(n, 1)
+        self.logits = logits if self.logits is None else torch.cat((self.logits, logits))
+        return request
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[Request, list[int | None]]]:
+        """Every request's next tokens (None for its finished rows); requests that have finished leave."""
+        outputs = [(request, self.engine.next_tokens(request, self.logits[request.cache_rows]))
+                   for request in self.requests]
+        self.remove([request for request, _ in outputs if request.done])
+        if self.slots:
+            fed = [request.rows[request.cache_rows.index(i)].tokens[-1] for i, request in enumerate(self.slots)]
+            idx = torch.tensor(fed, device=self.engine.device)[:, None]
+            self.logits = self.engine.model(idx, kv_cache=self.cache)[:, -1]
+        return outputs
+
+    def remove(self, leaving: list[Request]) -> None:
+        """Free the rows of `leaving` (finished or abandoned requests), moving the last rows into the holes."""
+        leaving = set(leaving)
+        if not leaving:
+            return
+        kept = len(self.slots) - sum(len(r.cache_rows) for r in leaving if r in self.slots)
+        holes = [i for i in range(kept) if self.slots[i] in leaving]
+        movers = [i for i in range(kept, len(self.slots)) if self.slots[i] not in leaving]
+        self.cache.move_rows(movers, holes)
+        self.logits[holes] = self.logits[movers]
+        for source, target in zip(movers, holes):
+            request = self.slots[source]
+            request.cache_rows[request.cache_rows.index(source)] = target
+            self.slots[target] = request
+        del self.slots[kept:]
+        self.logits = self.logits[:kept]
 
 
 class StreamDecoder:

@@ -101,6 +101,17 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                           enable_gqa=q.size(1) != k.size(1))
 
 
+def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     window: int, q_pos: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query per row, row b at its own position q_pos[b] (continuous batching: each row another request);
+    q [B, H, 1, D], k and v [B, H_kv, L, D] from position 0 (a row's keys past its position are masked out)."""
+    first_key = max(0, int(q_pos.min()) - window + 1)  # keys before it are outside every row's window
+    k, v = k[:, :, first_key:], v[:, :, first_key:]
+    distance = q_pos[:, None] - torch.arange(first_key, first_key + k.size(2), device=q.device)[None, :]
+    mask = ((distance >= 0) & (distance < window))[:, None, None, :]  # [B, 1, 1, L]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.size(1) != k.size(1))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int, window: int):
         super().__init__()
@@ -128,9 +139,12 @@ class CausalSelfAttention(nn.Module):
         v = v.transpose(1, 2)
         q_start = 0
         if kv_cache is not None:
-            q_start = kv_cache.pos
+            q_start = kv_cache.start(B)  # None when the rows are at different positions
             k, v = kv_cache.store(self.layer, k, v)
-        y = causal_attention(q, k, v, self.window, q_start, self.scale)
+        if q_start is None:
+            y = ragged_attention(q, k, v, self.window, kv_cache.positions(B), self.scale)
+        else:
+            y = causal_attention(q, k, v, self.window, q_start, self.scale)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -249,10 +263,15 @@ class GPT(nn.Module):
                 kv_cache: KVCache | None = None, loss_reduction: str = "mean") -> torch.Tensor:
         """Logits [B, T, vocab_size] in fp32, or the cross-entropy against `targets` (ignoring -1)."""
         B, T = idx.shape
-        start = kv_cache.pos if kv_cache is not None else 0
-        if start + T > self.cos.size(1):
-            raise ValueError(f"position {start + T} is past the rotary tables ({self.cos.size(1)} positions)")
-        cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
+        start = kv_cache.start(B) if kv_cache is not None else 0  # None: each row at its own position
+        end = (start if start is not None else max(kv_cache.lengths[:B])) + T
+        if end > self.cos.size(1):
+            raise ValueError(f"position {end} is past the rotary tables ({self.cos.size(1)} positions)")
+        if start is not None:
+            cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
+        else:  # continuous batching: one new token per row, rotated by that row's position
+            positions = kv_cache.positions(B)[:, None]  # [B, 1]
+            cos, sin = self.cos[0, positions], self.sin[0, positions]  # [B, 1, 1, head_dim/2]
         x = x0 = norm(self.wte(idx).to(self.compute_dtype))
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
@@ -261,7 +280,7 @@ class GPT(nn.Module):
                 value_embed = self.value_embeds[str(i)](idx).to(self.compute_dtype)
             x = block(x, value_embed, cos, sin, kv_cache)
         if kv_cache is not None:
-            kv_cache.advance(T)
+            kv_cache.advance(T, B)
         logits = self.lm_head(norm(x))[..., :self.config.vocab_size].float()  # padded vocab rows dropped
         softcap = self.config.softcap
         if targets is None:

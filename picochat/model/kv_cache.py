@@ -1,4 +1,4 @@
-"""The inference cache: keys and values for every layer, preallocated once."""
+"""The inference cache: keys and values for every layer, preallocated once, with a position per row."""
 from __future__ import annotations
 
 import torch
@@ -7,9 +7,12 @@ from picochat.model.config import GPTConfig
 
 
 class KVCache:
-    """Keys and values of shape [layers, batch, kv_heads, max_len, head_dim], filled up to `pos`.
+    """Keys and values of shape [layers, rows, kv_heads, max_len, head_dim]; row r holds its first lengths[r] positions.
 
-    Every layer writes its new keys and values at `pos`; the model advances `pos` after its last layer.
+    A forward on B rows uses rows 0..B-1 and appends to each row at that row's own length. Rows at one position
+    (a prompt and its samples) are "level" and take the plain causal path; rows at different positions
+    (continuous batching: each row another request) are "ragged" and decode one token each, with per-row
+    rotary angles and masks. Every layer writes at the rows' lengths; the model advances them after its last layer.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int,
@@ -18,7 +21,8 @@ class KVCache:
         shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0
+        self.lengths = [0] * batch_size  # on the host: shapes and decisions need no device sync
+        self._positions: torch.Tensor | None = None  # lengths as a device tensor, until they change
 
     @property
     def batch_size(self) -> int:
@@ -28,31 +32,84 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.size(3)
 
+    @property
+    def pos(self) -> int:
+        """The one position of a level cache."""
+        start = self.start(self.batch_size)
+        if start is None:
+            raise ValueError("the cache's rows are at different positions; read `lengths`")
+        return start
+
+    def start(self, rows: int) -> int | None:
+        """Where the next token of rows 0..rows-1 goes, if they are level; None if they are ragged."""
+        first = self.lengths[0]
+        return first if all(length == first for length in self.lengths[1:rows]) else None
+
+    def positions(self, rows: int) -> torch.Tensor:
+        """The next position of each of rows 0..rows-1, as an int64 tensor [rows] on the cache's device."""
+        if self._positions is None or self._positions.numel() != rows:
+            self._positions = torch.tensor(self.lengths[:rows], device=self.k.device)
+        return self._positions
+
     def reset(self) -> None:
-        self.pos = 0
+        self.lengths = [0] * self.batch_size
+        self._positions = None
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write one layer's new k, v [B, kv_heads, T, head_dim] at `pos`; return that layer's keys and values so far."""
-        end = self.pos + k.size(2)
+        """Write one layer's new k, v [B, kv_heads, T, head_dim] at each row's length; return the layer's
+        keys and values of rows 0..B-1 up to the longest row."""
+        rows, new = k.size(0), k.size(2)
+        end = max(self.lengths[:rows]) + new
         if end > self.max_len:
-            raise ValueError(f"KV cache overflow: {self.pos} cached + {k.size(2)} new tokens > max_len {self.max_len}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+            raise ValueError(f"KV cache overflow: {end - new} cached + {new} new tokens > max_len {self.max_len}")
+        start = self.start(rows)
+        if start is not None:
+            self.k[layer, :rows, :, start:end] = k
+            self.v[layer, :rows, :, start:end] = v
+        elif new == 1:
+            row_index, positions = torch.arange(rows, device=k.device), self.positions(rows)
+            self.k[layer, row_index, :, positions] = k[:, :, 0]
+            self.v[layer, row_index, :, positions] = v[:, :, 0]
+        else:
+            raise ValueError(f"ragged rows decode one token at a time, got {new}")
+        return self.k[layer, :rows, :, :end], self.v[layer, :rows, :, :end]
 
-    def advance(self, num_tokens: int) -> None:
-        self.pos += num_tokens
+    def advance(self, num_tokens: int, rows: int | None = None) -> None:
+        """Rows 0..rows-1 (all by default) now hold `num_tokens` more positions."""
+        for r in range(self.batch_size if rows is None else rows):
+            self.lengths[r] += num_tokens
+        self._positions = None
+
+    def insert(self, prefill: KVCache, rows: list[int]) -> None:
+        """Copy a one-row cache (a prefilled prompt) into `rows`, which then continue from its position."""
+        if prefill.batch_size != 1:
+            raise ValueError(f"insert copies a one-row cache, got {prefill.batch_size} rows")
+        length = prefill.lengths[0]
+        if length > self.max_len:
+            raise ValueError(f"max_len {self.max_len} cannot hold the {length} prefilled tokens")
+        index = torch.tensor(rows, device=self.k.device)
+        self.k[:, index, :, :length] = prefill.k[:, :, :, :length]  # broadcast over the rows
+        self.v[:, index, :, :length] = prefill.v[:, :, :, :length]
+        for r in rows:
+            self.lengths[r] = length
+        self._positions = None
+
+    def move_rows(self, sources: list[int], targets: list[int]) -> None:
+        """Copy rows `sources` onto rows `targets` (to keep the rows in use at the front after some leave)."""
+        if not sources:
+            return
+        end = max(self.lengths[r] for r in sources)
+        src, dst = torch.tensor(sources, device=self.k.device), torch.tensor(targets, device=self.k.device)
+        self.k[:, dst, :, :end] = self.k[:, src, :, :end]
+        self.v[:, dst, :, :end] = self.v[:, src, :, :end]
+        for s, t in zip(sources, targets):
+            self.lengths[t] = self.lengths[s]
+        self._positions = None
 
     @classmethod
     def from_prefill(cls, prefill: KVCache, batch_size: int, max_len: int | None = None) -> KVCache:
         """A cache of `batch_size` rows, each a copy of a one-row prefill: one prompt, many samples."""
-        if prefill.batch_size != 1:
-            raise ValueError(f"from_prefill copies a one-row cache, got {prefill.batch_size} rows")
-        max_len = prefill.max_len if max_len is None else max_len
-        if max_len < prefill.pos:
-            raise ValueError(f"max_len {max_len} cannot hold the {prefill.pos} prefilled tokens")
-        cache = cls(prefill.config, batch_size, max_len, prefill.k.device, prefill.k.dtype)
-        cache.k[:, :, :, :prefill.pos] = prefill.k[:, :, :, :prefill.pos]  # broadcast over the rows
-        cache.v[:, :, :, :prefill.pos] = prefill.v[:, :, :, :prefill.pos]
-        cache.pos = prefill.pos
+        cache = cls(prefill.config, batch_size, prefill.max_len if max_len is None else max_len,
+                    prefill.k.device, prefill.k.dtype)
+        cache.insert(prefill, list(range(batch_size)))
         return cache

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "picochat.lab.cli",
     "picochat.post.cli",
     "picochat.speedrun.cli",
+    "picochat.export.cli",
 ]
 
 

@@ -111,6 +111,9 @@ class FakeDataset:
     def row_group_counts(self, split: str) -> list[int]:
         return [len(s) for s in self.shards]
 
+    def row_group_sizes(self, split: str) -> list[list[int]]:
+        return [[len(group) for group in shard] for shard in self.shards]
+
     def read_row_group(self, split: str, shard_index: int, row_group_index: int) -> list[str]:
         self.reads.append((shard_index, row_group_index))
         return list(self.shards[shard_index][row_group_index])
@@ -155,12 +158,15 @@ def test_loader_yields_bos_aligned_shifted_int64_batches(mode):
 
 
 def test_loader_packs_like_the_pure_function():
-    """One document per row group makes the loader's refills match best_fit_pack's stream."""
+    """One document per row group makes the loader's refills match best_fit_pack's stream (of the documents
+    as the loader tokenises them: up to max_doc_chars characters, here 25 with one byte per token)."""
     tok = byte_tokenizer()
     dataset = fake_dataset(seed=3, shards=2, row_groups=60, docs_per_group=1)
-    docs = [tok.encode(t[0], prepend_bos=True) for shard in dataset.shards for t in shard]
-    expected = best_fit_pack(docs, 25, buffer_docs=8, max_rows=12)
     loader = PackedLoader(dataset, tok, "train", batch_size=4, seq_len=24, buffer_docs=8, background=False)
+    assert loader.max_doc_chars == 25
+    docs = [tok.encode(t[0][:25], prepend_bos=True) for shard in dataset.shards for t in shard]
+    assert sum(len(t[0]) > 25 for shard in dataset.shards for t in shard) > 10  # the crop is exercised
+    expected = best_fit_pack(docs, 25, buffer_docs=8, max_rows=12)
     rows = [torch.cat([x, y[:, -1:]], dim=1) for x, y in take(loader, 3)]
     assert torch.cat(rows).tolist() == expected.rows
     assert loader.stats()["cropped_tokens"] == expected.cropped_tokens
@@ -225,6 +231,38 @@ def test_loader_moves_batches_to_the_requested_device():
     assert inputs.is_contiguous() and targets.is_contiguous()
 
 
+# --- small datasets and huge documents cannot stall the loader -------------------------------------
+
+def test_a_split_smaller_than_the_buffer_is_not_reread_to_fill_it(capsys):
+    tok = byte_tokenizer()
+    dataset = FakeDataset([[["tiny doc one", "tiny doc two", "tiny three"], ["four", "five 5"]]], name="small-split")
+    loader = PackedLoader(dataset, tok, "train", batch_size=1, seq_len=40, buffer_docs=1000, background=False)
+    assert "holds 5 train documents" in capsys.readouterr().out  # the capped buffer is said up front
+    next(loader)
+    picks = loader.stats()["documents"]
+    # one pass over the 2 row groups fills the buffer, then at most one row group per document taken;
+    # topping up to 1,000 documents would read them ~200 times
+    assert len(dataset.reads) <= 2 + picks
+
+
+def test_a_huge_document_is_tokenised_only_as_far_as_a_row_can_use():
+    tok = byte_tokenizer()
+    huge = "".join(f"w{i % 10} " for i in range(300_000))  # 900k characters
+    dataset = FakeDataset([[[huge, "a short one"]]], name="huge")
+    lengths = []
+    real = tok.encode_batch
+    tok.encode_batch = lambda texts, **kw: lengths.extend(map(len, texts)) or real(texts, **kw)
+    loader = PackedLoader(dataset, tok, "train", batch_size=2, seq_len=32, buffer_docs=1000, background=False)
+    (inputs, targets), = take(loader, 1)
+    assert max(lengths) <= loader.max_doc_chars == 33  # one byte per token: 33 characters fill a row
+    rows = torch.cat([inputs, targets[:, -1:]], dim=1).tolist()
+    assert all(row[0] == tok.bos_id for row in rows)
+    texts = [tok.decode(row[1:]).split("<|bos|>") for row in rows]  # every document after its BOS
+    texts = [t for row in texts for t in row]
+    assert all(t == "a short one" or huge.startswith(t) for t in texts)
+    assert any(t != "a short one" for t in texts)  # the huge one, cropped to the space left
+
+
 # --- errors --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -265,10 +303,14 @@ def test_reader_errors_surface_in_the_consumer():
     loader.close()
 
 
-def test_a_split_without_documents_is_an_error_not_a_hang():
-    loader = PackedLoader(FakeDataset([[[], []]]), byte_tokenizer(), "train", 1, 8, background=False)
-    with pytest.raises(PicochatError, match="no documents"):
-        next(loader)
+def test_a_split_without_documents_is_an_error_up_front_not_a_hang():
+    with pytest.raises(LoaderConfigError, match="no train documents"):
+        PackedLoader(FakeDataset([[[], []]]), byte_tokenizer(), "train", 1, 8, background=False)
+
+
+def test_a_rank_without_documents_is_an_error_up_front():
+    with pytest.raises(LoaderConfigError, match="no documents in rank 1's row groups"):
+        PackedLoader(FakeDataset([[["a b c"], []]]), byte_tokenizer(), "train", 1, 8, rank=1, world_size=2)
 
 
 

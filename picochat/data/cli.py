@@ -56,6 +56,7 @@ def register_download(data_subparsers) -> None:
     p.add_argument("-n", "--num-shards", type=int, required=True, help="training shards to download (from shard 0)")
     p.add_argument("--workers", type=int, default=4, help="parallel downloads (default: 4)")
     p.add_argument("--name", help="dataset name (default: the --dataset value)")
+    p.add_argument("--force", action="store_true", help="delete the dataset if it exists and download again")
     p.set_defaults(func=run_download)
 
 
@@ -83,20 +84,14 @@ def run_import(args: argparse.Namespace) -> int:
         return 0
     if not args.paths or not args.name:
         raise DatasetImportError("give the input files and --name NAME (or --builtin pystdlib)")
-    made_by = {"command": import_command(args.paths, args.name, config)}
     start = time.monotonic()
-    import_dataset(args.paths, args.name, config, force=args.force, made_by=made_by)
+    import_dataset(args.paths, args.name, config, force=args.force)
     print_summary(open_dataset(args.name), seconds=time.monotonic() - start)
     return 0
 
 
-def import_command(paths: list[str], name: str, config: ImportConfig) -> str:
-    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(config).items())
-    return f"picochat data import {' '.join(map(str, paths))} --name {name} {options}"
-
-
 def run_download(args: argparse.Namespace) -> int:
-    download_dataset(args.dataset, args.num_shards, workers=args.workers, name=args.name)
+    download_dataset(args.dataset, args.num_shards, workers=args.workers, name=args.name, force=args.force)
     print_summary(open_dataset(args.name or args.dataset))
     return 0
 
@@ -134,7 +129,7 @@ def run_list(args: argparse.Namespace) -> int:
     print(f"{'name':<20} {'train docs':>12} {'train chars':>16} {'shards':>6} {'val docs':>10} {'val chars':>14} "
           f"{'shards':>6}  tokenizers")
     for name in names:
-        d = open_dataset(name)
+        d = open_dataset(name, verify=False)  # listing reads manifests only
         print(f"{name:<20} {d.documents('train'):>12,} {d.characters('train'):>16,} {len(d.shard_paths('train')):>6} "
               f"{d.documents('val'):>10,} {d.characters('val'):>14,} {len(d.shard_paths('val')):>6}  "
               f"{', '.join(tokenizers.get(name, [])) or '-'}")

@@ -12,9 +12,11 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
+from picochat.data.checksums import CorruptShardError, verify_shards
 from picochat.data.pystdlib import PYSTDLIB, ensure_pystdlib
 from picochat.data.shards import MANIFEST_NAME, SPLITS, ShardWriter  # noqa: F401  (ShardWriter: part of the contract)
 from picochat.errors import PicochatError
+from picochat.names import plain_name
 from picochat.runtime import datasets_dir
 
 CREATE_HINT = ("create one with `picochat data import PATH... --name NAME` or "
@@ -24,10 +26,6 @@ CREATE_HINT = ("create one with `picochat data import PATH... --name NAME` or "
 
 class DatasetNotFoundError(PicochatError):
     """No complete dataset under the name asked for."""
-
-
-class CorruptShardError(PicochatError):
-    """A shard that is missing, truncated or unreadable."""
 
 
 def list_datasets() -> list[str]:
@@ -46,7 +44,9 @@ def not_found_message(name: str, root: Path) -> str:
     return f"no dataset {name!r} at {root}. Datasets there: {existing}; {CREATE_HINT}"
 
 
-def open_dataset(name: str) -> "Dataset":
+def open_dataset(name: str, verify: bool = True) -> "Dataset":
+    """The dataset `name`; with `verify`, every shard's size and SHA-256 are checked (cached: checksums.py)."""
+    plain_name(name, "--dataset")
     if name == PYSTDLIB:
         ensure_pystdlib()
     root = datasets_dir() / name
@@ -55,10 +55,15 @@ def open_dataset(name: str) -> "Dataset":
         raise DatasetNotFoundError(not_found_message(name, root))
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptShardError(f"{manifest_path} is not valid JSON ({e}); rebuild the dataset "
+        if not isinstance(manifest.get("splits"), dict):
+            raise ValueError("no 'splits'")
+    except (ValueError, AttributeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptShardError(f"{manifest_path} is not a dataset manifest ({e}); rebuild the dataset "
                                 f"(the command that made it, with --force)") from e
-    return Dataset(name=name, root=root, manifest=manifest)
+    dataset = Dataset(name=name, root=root, manifest=manifest)
+    if verify:
+        verify_shards(root, [s for split in SPLITS for s in dataset._split(split)["shards"]], dataset.fix_hint)
+    return dataset
 
 
 class Dataset:
@@ -80,6 +85,14 @@ class Dataset:
     def row_group_counts(self, split: str) -> list[int]:
         return [s["row_groups"] for s in self._split(split)["shards"]]
 
+    def row_group_sizes(self, split: str) -> list[list[int]]:
+        """Documents in each row group of each shard, from the parquet footers."""
+        sizes = []
+        for path in self.shard_paths(split):
+            metadata = self._parquet(path).metadata
+            sizes.append([metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
+        return sizes
+
     def documents(self, split: str) -> int:
         return self._split(split)["documents"]
 
@@ -88,9 +101,12 @@ class Dataset:
 
     @cached_property
     def fix_hint(self) -> str:
-        made_by = self.manifest.get("made_by", {})
-        command = made_by.get("command", "the command that made it")
-        return f"rebuild the dataset: rerun `{command}` (with --force for an import)"
+        command = self.manifest.get("made_by", {}).get("command")
+        if command is None:
+            return "rebuild the dataset: rerun the command that made it, with --force"
+        if command.startswith("picochat data download"):
+            return f"rerun `{command}`, which fetches a shard that fails its checksum again"
+        return f"rebuild the dataset: `{command} --force`"
 
     def _parquet(self, path: Path) -> pq.ParquetFile:
         if path not in self._open_files:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import sys
 import time
 import urllib.error
@@ -24,9 +25,12 @@ from typing import Callable
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from picochat.data.checksums import CorruptShardError, check_shard, read_verified
+from picochat.data.importer import STATE_NAME as IMPORT_STATE_NAME
 from picochat.data.shards import MANIFEST_NAME, SPLITS, ShardInfo, shard_name, write_manifest
 from picochat.errors import PicochatError
 from picochat.fetch import sha256_of
+from picochat.names import plain_name
 from picochat.runtime import datasets_dir, print0
 
 ATTEMPTS = 5  # nanochat's dataset.py: 5 attempts, back-off 2^attempt seconds
@@ -44,7 +48,7 @@ class RemoteSource:
 
 
 SOURCES = {
-    # ClimbMix-400B, re-shuffled by Karpathy; nanochat's pretraining data since 2026-03 (seed §1).
+    # ClimbMix-400B, re-shuffled by Karpathy; nanochat's pretraining data since 2026-03.
     "climbmix": RemoteSource(
         "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main/shard_{index:05d}.parquet", 6542),
     # FineWeb-Edu-100B, shuffled; nanochat's data before ClimbMix.
@@ -174,8 +178,41 @@ def write_download_manifest(root: Path, name: str, dataset: str, source: RemoteS
         split_rule=f"val = the last published shard (index {source.last_shard}), as in nanochat")
 
 
+def check_same_source(root: Path, source: RemoteSource) -> None:
+    """A download may add shards to a dataset downloaded from the same source, never to anything else."""
+    manifest_path = root / MANIFEST_NAME
+    if manifest_path.exists():
+        made_by = json.loads(manifest_path.read_text()).get("made_by", {})
+        if made_by.get("source") == source.url_template:
+            return
+        holds = f"a dataset made by `{made_by.get('command', 'another command')}`"
+    elif (root / IMPORT_STATE_NAME).exists():
+        holds = "an unfinished import"
+    else:
+        return  # nothing yet, or an unfinished download
+    raise DownloadError(f"{root} already holds {holds}; add --force to replace it, or pass --name NEW")
+
+
+def drop_damaged_shards(root: Path) -> None:
+    """Delete shards that no longer match the manifest's checksums, so this download fetches them again."""
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.exists():
+        return
+    verified = read_verified(root)
+    for split in json.loads(manifest_path.read_text())["splits"].values():
+        for shard in split["shards"]:
+            if not (root / shard["file"]).exists():
+                continue
+            try:
+                check_shard(root, shard, verified, "")
+            except CorruptShardError as e:
+                print0(f"{e}fetching it again")
+                (root / shard["file"]).unlink()
+
+
 def download_dataset(dataset: str, num_train_shards: int, workers: int = 4, name: str | None = None,
-                     fetch: Callable = open_range, sleep: Callable[[float], None] = time.sleep) -> dict:
+                     fetch: Callable = open_range, sleep: Callable[[float], None] = time.sleep,
+                     force: bool = False) -> dict:
     """Download n training shards and the validation shard into datasets_dir()/name; returns the manifest."""
     if dataset not in SOURCES:
         raise DownloadError(f"--dataset {dataset!r} is not known; use one of {', '.join(SOURCES)}")
@@ -183,8 +220,12 @@ def download_dataset(dataset: str, num_train_shards: int, workers: int = 4, name
     if not 1 <= num_train_shards <= source.last_shard:
         raise DownloadError(f"-n {num_train_shards}: {dataset} has {source.last_shard} training shards; "
                             f"pick 1..{source.last_shard}")
-    name = name or dataset
+    name = plain_name(name or dataset, "--name")
     root = datasets_dir() / name
+    if force and root.exists():
+        shutil.rmtree(root)
+    check_same_source(root, source)
+    drop_damaged_shards(root)
     for split in SPLITS:
         (root / split).mkdir(parents=True, exist_ok=True)
     targets = shard_targets(root, source, num_train_shards)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import shutil
 import time
 from datetime import datetime, timezone
@@ -21,10 +20,10 @@ from picochat.data.shards import (CHARS_PER_SHARD, DOCS_PER_ROW_GROUP, MANIFEST_
                                   shard_info_from_dict, write_json_atomic, write_manifest)
 from picochat.data.sources import FORMATS, read_documents
 from picochat.errors import PicochatError
+from picochat.names import plain_name
 from picochat.runtime import datasets_dir, print0
 
 STATE_NAME = ".import_state.json"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 PROGRESS_SECONDS = 10.0
 
 
@@ -57,11 +56,6 @@ def is_val_document(text: str, val_fraction: float) -> bool:
 def split_rule(val_fraction: float) -> str:
     return (f"val when int(blake2b(text, digest_size=8)) / 2^64 < {val_fraction}; if that leaves one split "
             f"empty while the other has >= 2 documents, the other's last document moves over")
-
-
-def check_name(name: str) -> None:
-    if not NAME_PATTERN.match(name):
-        raise DatasetImportError(f"--name {name!r} is not a usable dataset name; use letters, digits, '.', '_' or '-'")
 
 
 def describe_inputs(paths: list[Path]) -> list[dict]:
@@ -193,12 +187,19 @@ def import_file(run: ImportRun, file_index: int, path: Path, position: int, prog
     return {"path": str(path), "first_position": first, "end_position": position, "counts": counts}
 
 
+def import_command(paths: list[Path], name: str, config: ImportConfig) -> str:
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(config).items())
+    return f"picochat data import {' '.join(map(str, paths))} --name {name} {options}"
+
+
 def import_dataset(paths: list[Path], name: str, config: ImportConfig | None = None, force: bool = False,
                    made_by: dict | None = None) -> dict:
-    """Import `paths` into `datasets_dir()/name`; resumes an interrupted import; returns the manifest."""
+    """Import `paths` into `datasets_dir()/name`; resumes an interrupted import; returns the manifest.
+
+    `made_by` is recorded in the manifest; its "command" (by default the `picochat data import` that
+    does the same) is what an error about a damaged shard tells the user to rerun."""
     config = config or ImportConfig()
-    check_name(name)
-    root = datasets_dir() / name
+    root = datasets_dir() / plain_name(name, "--name")
     if not 0.0 <= config.val_fraction < 1.0:
         raise DatasetImportError(f"--val-fraction {config.val_fraction} must be in [0, 1)")
     paths = [Path(p) for p in paths]
@@ -206,8 +207,10 @@ def import_dataset(paths: list[Path], name: str, config: ImportConfig | None = N
     if force and root.exists():
         shutil.rmtree(root)
     if (root / MANIFEST_NAME).exists():
-        print0(f"dataset {name!r} is already imported at {root}; add --force to import it again")
-        return json.loads((root / MANIFEST_NAME).read_text())
+        return already_imported(root, name, config, inputs)
+    if root.is_dir() and any(root.iterdir()) and not (root / STATE_NAME).exists():
+        raise DatasetImportError(f"{root} holds files that are not an unfinished import (a download?); add --force "
+                                 f"to replace them, or choose another --name")
     root.mkdir(parents=True, exist_ok=True)
     run = start_run(root, config, inputs)
     progress = Progress(name, len(paths))
@@ -231,11 +234,31 @@ def import_dataset(paths: list[Path], name: str, config: ImportConfig | None = N
         if not run.has_progress:
             shutil.rmtree(root)  # nothing worth resuming: leave no half-made dataset behind
         raise
-    if position == 0:
+    if position < 2:
         shutil.rmtree(root)
-        raise DatasetImportError(f"no usable documents in {', '.join(map(str, paths))} (format {config.format}, "
-                           f"field {config.field!r}); check --format and --field")
-    return finish_manifest(run, name, made_by or {}, time.monotonic() - progress.start)
+        raise too_few_documents(paths, config, position)
+    made_by = {"command": import_command(paths, name, config), **(made_by or {})}
+    return finish_manifest(run, name, made_by, time.monotonic() - progress.start)
+
+
+def already_imported(root: Path, name: str, config: ImportConfig, inputs: list[dict]) -> dict:
+    """A rerun of the import that made the dataset is a no-op; any other import under its name needs --force."""
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    made_by = manifest.get("made_by", {})
+    if made_by.get("inputs") != inputs or made_by.get("config") != dataclasses.asdict(config):
+        raise DatasetImportError(f"dataset {name!r} already exists at {root}, made from other inputs or options "
+                                 f"(by `{made_by.get('command', '?')}`); add --force to replace it, or choose "
+                                 f"another --name")
+    print0(f"dataset {name!r} is already imported at {root}; add --force to import it again")
+    return manifest
+
+
+def too_few_documents(paths: list[Path], config: ImportConfig, found: int) -> DatasetImportError:
+    where = f"{', '.join(map(str, paths))} (format {config.format}, field {config.field!r})"
+    if found == 0:
+        return DatasetImportError(f"no usable documents in {where}; check --format and --field")
+    return DatasetImportError(f"only 1 usable document in {where}; a dataset needs at least 2, one for train and "
+                              f"one for val (the text format makes each whole file one document: import more files)")
 
 
 def finish_manifest(run: ImportRun, name: str, made_by: dict, seconds: float) -> dict:

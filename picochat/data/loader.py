@@ -8,6 +8,12 @@ packing buffer and packs rows (picochat/data/packing.py). Which thread tokenised
 never matters: the consumer takes them in order, so the batches are a pure function of
 (dataset, tokenizer, split, batch_size, seq_len, rank, world_size, mode, buffer_docs, state).
 
+Two bounds keep a small or odd dataset from stalling training. The best-fit buffer holds at most
+the documents of one pass over the rank's row groups (a smaller dataset than `buffer_docs` would
+otherwise be read and tokenised again and again to fill it). And a document is tokenised only up
+to `max_doc_chars` characters: text that long is longer than any row in tokens, so it is cropped
+anyway, and the rest, however long (a 50 MB document), would be tokenised only to be discarded.
+
 Resume state (`LoaderState`, what `state_dict()` returns) is the consumer's view, never the
 prefetcher's, so it is exact:
 - `epoch`, `position`: the next row group this rank has not received yet
@@ -21,6 +27,7 @@ prefetcher's, so it is exact:
 """
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from dataclasses import asdict, dataclass, field
@@ -32,6 +39,7 @@ import torch
 
 from picochat.data.packing import MODES, fill_row, new_buffer
 from picochat.errors import PicochatError
+from picochat.runtime import print0
 
 PREFETCH_ROW_GROUPS = 4  # ~4k documents ahead: enough to hide tokenisation, small in memory
 INT32_MAX = 2**31 - 1
@@ -79,8 +87,17 @@ def rank_row_groups(row_group_counts: list[int], rank: int, world_size: int) -> 
     return everything[rank::world_size]
 
 
-def tokenize_documents(tokenizer, texts: list[str]) -> list[np.ndarray]:
-    """[BOS] + tokens of each text, as int32 views into one flat array (cheap to copy into rows)."""
+def max_doc_chars(tokenizer, row_len: int) -> int:
+    """Characters of a document worth tokenising: a token holds at most `longest` bytes and a character at
+    least one byte, so this many characters make at least `row_len` tokens, more than a row can hold whole."""
+    longest = int(tokenizer.token_bytes().max())
+    return row_len * max(longest, 1)
+
+
+def tokenize_documents(tokenizer, texts: list[str], max_chars: int | None = None) -> list[np.ndarray]:
+    """[BOS] + tokens of each text (of its first `max_chars` characters), as int32 views into one flat array."""
+    if max_chars is not None:
+        texts = [text[:max_chars] for text in texts]
     lists = tokenizer.encode_batch(texts, prepend_bos=True)
     lengths = [len(t) for t in lists]
     flat = np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=sum(lengths))
@@ -89,11 +106,11 @@ def tokenize_documents(tokenizer, texts: list[str]) -> list[np.ndarray]:
 
 
 def tokenized_row_groups(dataset, tokenizer, split: str, row_groups: list[tuple[int, int]],
-                         epoch: int, position: int) -> Iterator[TokenizedRowGroup]:
+                         epoch: int, position: int, max_chars: int) -> Iterator[TokenizedRowGroup]:
     """This rank's row groups, tokenised, in order from (epoch, position), forever."""
     while True:
         shard, row_group = row_groups[position]
-        docs = tokenize_documents(tokenizer, dataset.read_row_group(split, shard, row_group))
+        docs = tokenize_documents(tokenizer, dataset.read_row_group(split, shard, row_group), max_chars)
         yield TokenizedRowGroup(epoch, position, shard, row_group, docs)
         epoch, position = next_position(epoch, position, len(row_groups))
 
@@ -163,6 +180,29 @@ def _validate(tokenizer, batch_size: int, seq_len: int, rank: int, world_size: i
             f"not fit int32 token ids; train a tokenizer with a vocab size below {INT32_MAX}")
 
 
+def documents_per_pass(dataset, split: str, row_groups: list[tuple[int, int]], rank: int, world_size: int) -> int:
+    """Documents in one pass over this rank's row groups; refused when there are none to read."""
+    sizes = dataset.row_group_sizes(split)
+    if sum(map(sum, sizes)) == 0:
+        raise LoaderConfigError(f"dataset {dataset.name!r} has no {split} documents; rebuild it from at least 2 "
+                                f"documents so that each split gets one, or use another dataset")
+    if not row_groups:
+        raise LoaderConfigError(
+            f"dataset {dataset.name!r} split {split!r} has fewer row groups than the {world_size} ranks, so "
+            f"rank {rank} gets none; use fewer ranks or rebuild the dataset with more, smaller row groups")
+    documents = sum(sizes[shard][group] for shard, group in row_groups)
+    if documents == 0:
+        raise LoaderConfigError(f"dataset {dataset.name!r} split {split!r} has no documents in rank {rank}'s row "
+                                f"groups; rebuild it with documents in every row group")
+    return documents
+
+
+@functools.cache
+def note_once(message: str) -> None:
+    """Print a note once per process: a validation loader is made afresh at every evaluation."""
+    print0(message)
+
+
 class PackedLoader:
     """Yields (inputs, targets) int64 [batch_size, seq_len] on `device`, forever (module docstring)."""
 
@@ -174,19 +214,20 @@ class PackedLoader:
         self.dataset, self.tokenizer, self.split = dataset, tokenizer, split
         self.batch_size, self.seq_len, self.row_len = batch_size, seq_len, seq_len + 1
         self.mode, self.device, self.background = mode, torch.device(device), background
-        # best fit tops the buffer up before every pick (as nanochat does); greedy needs only the next doc
-        self._min_buffered = buffer_docs if mode == "bestfit" else 1
         self._row_groups = rank_row_groups(dataset.row_group_counts(split), rank, world_size)
-        if not self._row_groups:
-            raise LoaderConfigError(
-                f"dataset {dataset.name!r} split {split!r} has fewer row groups than the {world_size} ranks, so "
-                f"rank {rank} gets none; use fewer ranks or rebuild the dataset with more, smaller row groups")
+        pass_docs = documents_per_pass(dataset, split, self._row_groups, rank, world_size)
+        if mode == "bestfit" and buffer_docs > pass_docs:
+            note_once(f"note: dataset {dataset.name!r} holds {pass_docs} {split} documents for rank {rank}, fewer "
+                      f"than buffer_docs={buffer_docs} (--loader-buffer-docs when training): best fit packs from a "
+                      f"buffer of {pass_docs}")
+        # best fit tops the buffer up before every pick (as nanochat does); greedy needs only the next doc
+        self._min_buffered = min(buffer_docs, pass_docs) if mode == "bestfit" else 1
+        self.max_doc_chars = max_doc_chars(tokenizer, self.row_len)
         self._state = self._initial_state(state, rank, world_size)
         self._buffer = new_buffer(mode)
         self._rebuild_buffer(self._state.buffer)
         self._state.buffer = []  # from here on the buffer itself is the truth; state_dict() describes it
         self._source = None  # started on the first batch, at the consumer's cursor
-        self._empty_streak = 0
 
     def _initial_state(self, state, rank: int, world_size: int) -> LoaderState:
         fresh = LoaderState(dataset=self.dataset.name, split=self.split, rank=rank, world_size=world_size)
@@ -209,7 +250,7 @@ class PackedLoader:
             if max(doc_indices, default=-1) >= len(texts):
                 raise LoaderConfigError(f"loader state names document {max(doc_indices)} of shard {shard} row group "
                                         f"{row_group}, which holds {len(texts)}; was the dataset rebuilt?")
-            docs = tokenize_documents(self.tokenizer, [texts[i] for i in doc_indices])
+            docs = tokenize_documents(self.tokenizer, [texts[i] for i in doc_indices], self.max_doc_chars)
             for i, doc in zip(doc_indices, docs):
                 self._buffer.add((shard, row_group, i), doc)
 
@@ -218,7 +259,7 @@ class PackedLoader:
     def _next_row_group(self) -> TokenizedRowGroup:
         if self._source is None:
             source = tokenized_row_groups(self.dataset, self.tokenizer, self.split, self._row_groups,
-                                          self._state.epoch, self._state.position)
+                                          self._state.epoch, self._state.position, self.max_doc_chars)
             self._source = Prefetcher(source, PREFETCH_ROW_GROUPS) if self.background else source
         return self._source.get() if self.background else next(self._source)
 
@@ -227,10 +268,6 @@ class PackedLoader:
         self._state.epoch, self._state.position = next_position(item.epoch, item.position, len(self._row_groups))
         for i, doc in enumerate(item.docs):
             self._buffer.add((item.shard, item.row_group, i), doc)
-        self._empty_streak = 0 if item.docs else self._empty_streak + 1
-        if self._empty_streak >= len(self._row_groups) and len(self._buffer) == 0:
-            raise PicochatError(f"dataset {self.dataset.name!r} split {self.split!r} has no documents in rank "
-                                f"{self._state.rank}'s row groups; rebuild it with documents in every row group")
         return True
 
     def _pack_batch(self) -> np.ndarray:

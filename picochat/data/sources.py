@@ -4,12 +4,14 @@ Formats: `text` (the whole file is one document), `jsonl` (one JSON object per l
 `--field`), `parquet` (the text in column `--field`), `wikiextractor` (`<doc ...>` … `</doc>`
 blocks; the first line inside is the title, kept with the body). Any file may be gzip'd.
 Bad documents are reported, not fatal: undecodable bytes are replaced (and counted), and
-documents that cannot be used carry a skip reason the importer counts.
+documents that cannot be used carry a skip reason the importer counts. A bad file is fatal:
+one that looks binary, or a gzip stream that is cut off or damaged.
 """
 from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +23,7 @@ from picochat.errors import PicochatError
 FORMATS = ("auto", "text", "jsonl", "parquet", "wikiextractor")
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
+BINARY_PROBE_BYTES = 8192  # a NUL byte this early means binary (git and grep use the same test)
 
 
 class SourceFormatError(PicochatError):
@@ -165,6 +168,14 @@ READERS = {
 }
 
 
+def refuse_binary(path: Path) -> None:
+    with open_binary(path) as f:
+        head = f.read(BINARY_PROBE_BYTES)
+    if b"\x00" in head:
+        raise SourceFormatError(f"{path} looks binary (a NUL byte in its first {BINARY_PROBE_BYTES:,} bytes); import "
+                                f"UTF-8 text, jsonl, parquet or WikiExtractor files (UTF-16 text: convert it first)")
+
+
 def read_documents(path: Path, fmt: str = "auto", field: str = "text") -> Iterator[SourceDocument]:
     """The documents of one input file, in file order."""
     path = Path(path)
@@ -172,5 +183,11 @@ def read_documents(path: Path, fmt: str = "auto", field: str = "text") -> Iterat
         raise SourceFormatError(f"input {path} does not exist or is not a file")
     if fmt not in FORMATS:
         raise SourceFormatError(f"--format {fmt!r} is not known; use one of {', '.join(FORMATS)}")
-    reader = READERS[guess_format(path) if fmt == "auto" else fmt]
-    return reader(path, field)
+    try:
+        fmt = guess_format(path) if fmt == "auto" else fmt
+        if fmt != "parquet":
+            refuse_binary(path)
+        yield from READERS[fmt](path, field)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # gzip's errors for a cut-off or damaged stream
+        raise SourceFormatError(f"{path} is a truncated or damaged gzip file ({e}); "
+                                f"download or compress it again") from e

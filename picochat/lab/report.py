@@ -16,7 +16,7 @@ from picochat.lab.compare import AXES, compare_axis, group_label, group_noise, g
 from picochat.lab.plots import bar_plot, line_plot
 from picochat.lab.runs import Run, fmt, read_json, summarize
 from picochat.lab.verdict import (axis_verdicts, combined_noise, comparability_problems, is_gain,
-                                  summary_sentence, wall_clock_caveats)
+                                  significance_record, summary_sentence, wall_clock_caveats)
 from picochat.runtime import datasets_dir, tokenizers_dir
 
 
@@ -97,9 +97,10 @@ def compare_runs(runs: list[Run], out_dir: Path, plots: bool = True) -> dict:
     pairs = {i: {axis: compare_axis([groups[0], groups[i]], axis) for axis in AXES} for i in range(1, len(groups))}
     verdicts = []
     for i, comparisons in pairs.items():
-        v = axis_verdicts(comparisons, 1, combined_noise([noises[0], noises[i]]))
+        v = axis_verdicts(comparisons, 1, combined_noise([noises[0], noises[i]]), (groups[0], groups[i]))
         verdicts.append({"candidate": labels[i], "baseline": labels[0], "axes": {a: x.describe() for a, x in v.items()},
                          "differences": {a: x.difference for a, x in v.items()},
+                         "significance": {a: significance_record(x) for a, x in v.items()},
                          "summary": summary_sentence(v), "gain": None if problems else is_gain(v)})
     result = {"groups": labels, "noise": dict(zip(labels, noises)), "not_comparable": problems,
               "caveats": wall_clock_caveats(runs), "verdicts": verdicts,

@@ -3,13 +3,20 @@
 Seed §3: a change is an improvement only when it wins on every axis (FP8 and MoE looked good
 on one axis and lost on wall-clock). Seed §6: a lower loss is only meaningful between runs
 scored on the same validation tokens; otherwise no winner is called.
+
+With ≥ 2 seeds in both arms an axis's verdict is Welch's t-test on each run's bpb at the last
+common point (difference, 95% CI, p-value; picochat/lab/significance.py); with fewer it says how
+many seeds per arm the observed noise would take to resolve the difference.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from picochat.lab.compare import AxisComparison
+from picochat.lab.compare import AxisComparison, interpolate, run_curve
 from picochat.lab.runs import Run
+from picochat.lab.significance import (
+    CONFIDENCE, POWER, Significance, end_of_curve_jitter, pooled_sd, seeds_needed, welch_t_test,
+)
 
 # Config fields that must agree for bpb to be measured on the same thing, and why.
 COMPARABILITY = {
@@ -47,16 +54,30 @@ def wall_clock_caveats(runs: list[Run]) -> list[str]:
 
 
 @dataclass
+class SeedNoise:
+    """The seed-to-seed σ of final bpb and where it was read (for the seed-count estimate)."""
+    sd: float
+    source: str
+
+
+@dataclass
 class AxisVerdict:
     axis: str
     difference: float | None  # candidate - baseline bpb at the last common point
     noise: float | None
+    significance: Significance | None = None  # ≥ 2 seeds per arm
+    seed_noise: SeedNoise | None = None  # fewer: the σ the seed-count estimate uses
 
     @property
     def direction(self) -> str:
-        """better / worse / same / unknown, with differences inside the noise called the same."""
+        """better / worse / same / unknown: with seeds, 'same' unless p < 1 − CONFIDENCE;
+        without, differences inside the spread of the repeats (or TIE_BPB) are the same."""
         if self.difference is None:
             return "unknown"
+        if self.significance is not None:
+            if not self.significance.significant:
+                return "same"
+            return "better" if self.difference < 0 else "worse"
         threshold = self.noise if self.noise is not None else TIE_BPB
         if abs(self.difference) <= threshold:
             return "same"
@@ -66,6 +87,28 @@ class AxisVerdict:
         where = AXIS_WORDS[self.axis]
         if self.difference is None:
             return f"{where}: no common range to compare on"
+        if self.significance is not None:
+            return self._describe_test(where)
+        return f"{self._describe_spread(where)}; {self._describe_seeds_needed()}"
+
+    def _describe_test(self, where: str) -> str:
+        s = self.significance
+        stats = (f"{CONFIDENCE:.0%} CI {s.low:+.4f} to {s.high:+.4f} bpb, p = {s.p_value:.3g}, "
+                 f"Welch's t over {s.seeds[0]} vs {s.seeds[1]} seeds")
+        if not s.significant:
+            return f"{where}: not distinguishable from noise ({self.difference:+.4f} bpb; {stats})"
+        return f"{where}: {self.direction} by {abs(self.difference):.4f} bpb ({stats})"
+
+    def _describe_seeds_needed(self) -> str:
+        if self.seed_noise is None:
+            return "fewer than 2 seeds per arm and no noise estimate: run ≥ 2 seeds per arm for a p-value"
+        n = seeds_needed(self.difference, self.seed_noise.sd)
+        need = (f"≈{n} seeds per arm would resolve it" if n is not None else "no difference to resolve")
+        return (f"fewer than 2 seeds per arm, so no p-value; at σ = {self.seed_noise.sd:.4f} bpb "
+                f"({self.seed_noise.source}) {need} (two-sided α {1 - CONFIDENCE:.2f}, power {POWER}, "
+                "normal approximation, equal σ in both arms)")
+
+    def _describe_spread(self, where: str) -> str:
         size = f"{abs(self.difference):.4f} bpb"
         if self.noise is None:
             noise = "noise unknown (no repeats)"
@@ -107,8 +150,41 @@ def is_gain(verdicts: dict[str, AxisVerdict]) -> bool:
     return "better" in directions and "worse" not in directions
 
 
-def axis_verdicts(comparisons: dict[str, AxisComparison], group: int, noise: float | None) -> dict[str, AxisVerdict]:
-    return {axis: AxisVerdict(axis, c.difference(group), noise) for axis, c in comparisons.items()}
+def axis_verdicts(comparisons: dict[str, AxisComparison], group: int, noise: float | None,
+                  arms: tuple[list[Run], list[Run]] | None = None) -> dict[str, AxisVerdict]:
+    """Each axis's verdict for `group` against group 0; `arms` (baseline runs, candidate runs)
+    adds the seed statistics."""
+    verdicts = {axis: AxisVerdict(axis, c.difference(group), noise) for axis, c in comparisons.items()}
+    if arms is None:
+        return verdicts
+    for axis, verdict in verdicts.items():
+        grid = comparisons[axis].grid
+        if verdict.difference is None:
+            continue
+        finals = [[float(interpolate(run_curve(run, axis), grid[-1:])[0]) for run in arm] for arm in arms]
+        if all(len(arm) >= 2 for arm in finals):
+            verdict.significance = welch_t_test(*finals)
+        else:
+            verdict.seed_noise = seed_noise(finals, [run for arm in arms for run in arm])
+    return verdicts
+
+
+def seed_noise(finals: list[list[float]], runs: list[Run]) -> SeedNoise | None:
+    """σ pooled over the arms with repeats; failing that, the largest end-of-curve jitter of a run."""
+    sd = pooled_sd(finals)
+    if sd is not None:
+        return SeedNoise(sd, "pooled over the repeats")
+    jitters = [j for run in runs if (j := end_of_curve_jitter([r["val_bpb"] for r in run.evals()])) is not None]
+    if not jitters or max(jitters) == 0:
+        return None
+    return SeedNoise(max(jitters), "jitter of the last evaluations, a lower bound on seed noise")
+
+
+def significance_record(verdict: AxisVerdict) -> dict | None:
+    """The axis's test as plain numbers for JSON (None without ≥ 2 seeds per arm)."""
+    if verdict.significance is None:
+        return None
+    return asdict(verdict.significance)
 
 
 def combined_noise(noises: list[float | None]) -> float | None:

@@ -1,5 +1,7 @@
 """The HTTP server, started for real with uvicorn on a loopback port: OpenAI-style API, streaming, limits."""
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +11,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the server needs FastAPI (pip install -e '.[serve]')")
 pytest.importorskip("uvicorn", reason="the server needs uvicorn (pip install -e '.[serve]')")
 
-from infer_helpers import running_server, tiny_model, tiny_tokenizer  # noqa: E402
+from infer_helpers import PacedModel, running_server, tiny_model, tiny_tokenizer  # noqa: E402
 from picochat.infer.engine import Engine  # noqa: E402
 from picochat.infer.limits import ServeConfig, TokenBucket  # noqa: E402
 
@@ -47,7 +49,9 @@ def chat(**extra) -> dict:
 
 
 def test_health_and_models(base_url):
-    assert get(f"{base_url}/health")["status"] == "ok"
+    health = get(f"{base_url}/health")
+    assert health["status"] == "ok" and health["waiting"] == 0 and health["active_rows"] == 0
+    assert [w["max_batch"] for w in health["workers"]] == [32] and "tokens_per_s" in health
     models = get(f"{base_url}/v1/models")
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == [MODEL]
 
@@ -135,3 +139,71 @@ def test_rate_limited_server_returns_429():
         assert post(f"{url}/v1/chat/completions", chat())[0] == 200
         code, error, _ = post(f"{url}/v1/chat/completions", chat())
         assert code == 429 and "too many" in error["error"]["message"]
+
+
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def paced_url():
+    """A server whose model takes 20 ms a step and never stops early, batching up to 6 rows."""
+    tok = tiny_tokenizer()
+    engine = Engine(PacedModel(tiny_model(tok.vocab_size, max_seq_len=256), pace=0.02), tok)
+    engine.stop_ids = set()
+    with running_server(engine, MODEL, ServeConfig(rate_per_minute=0, max_batch=6, max_batch_tokens=1200)) as url:
+        yield url
+
+
+def open_stream(url: str, body: dict) -> socket.socket:
+    """Start a streaming request and leave it running; the caller closes the socket to disconnect."""
+    data = json.dumps({**body, "stream": True}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def test_concurrent_requests_share_one_batch_and_a_disconnect_frees_its_rows_at_once(paced_url):
+    hello = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 150}
+    first, second = open_stream(paced_url, {**hello, "n": 2}), open_stream(paced_url, {**hello, "n": 3})
+    health = lambda: get(f"{paced_url}/health")  # noqa: E731
+    assert wait_for(lambda: health()["active_rows"] == 5), health()
+    assert health()["active_requests"] == 2
+    first.close()
+    assert wait_for(lambda: health()["active_rows"] == 3, seconds=1.0), health()
+    second.close()
+    assert wait_for(lambda: health()["active_rows"] == 0, seconds=1.0), health()
+    assert health()["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("extra, words", [({"n": 7}, "--max-batch"), ({"n": 6, "max_tokens": 250}, "budget")])
+def test_a_request_that_can_never_fit_the_batch_is_refused(paced_url, extra, words):
+    code, error, _ = post(f"{paced_url}/v1/chat/completions", chat(**extra))
+    assert code == 400 and words in error["error"]["message"] and error["error"]["param"] in ("n", "max_tokens")
+
+
+def test_a_full_queue_answers_503():
+    tok = tiny_tokenizer()
+    engine = Engine(PacedModel(tiny_model(tok.vocab_size, max_seq_len=256), pace=0.02), tok)
+    engine.stop_ids = set()
+    config = ServeConfig(rate_per_minute=0, max_batch=1, max_queue=1)
+    with running_server(engine, MODEL, config) as url:
+        hello = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 200}
+        running, waiting = open_stream(url, hello), None
+        try:
+            assert wait_for(lambda: get(f"{url}/health")["active_rows"] == 1)
+            waiting = open_stream(url, hello)
+            assert wait_for(lambda: get(f"{url}/health")["waiting"] == 1)
+            code, error, _ = post(f"{url}/v1/chat/completions", chat())
+            assert code == 503 and "busy" in error["error"]["message"]
+        finally:
+            running.close()
+            if waiting:
+                waiting.close()

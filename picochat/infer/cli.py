@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 from pathlib import Path
+
+import torch
 
 from picochat.checkpoint import load_model_from_run
 from picochat.config import add_config_args, config_from_args, format_config
@@ -37,11 +40,27 @@ def serve_command(args: argparse.Namespace) -> None:
     cfg = config_from_args(ServeConfig, args)
     check_serve_config(cfg)
     print0(format_config(cfg, "serve"))
-    engine, _ = load_engine(cfg.run, cfg.step, cfg.device)
+    engines = worker_engines(*load_engine(cfg.run, cfg.step, cfg.device)[:1], cfg.workers)
     model_name = cfg.model_name or Path(cfg.run).name
-    print0(f"serve: {model_name} on {engine.device}, context {engine.context_length} tokens; "
+    print0(f"serve: {model_name} on {', '.join(str(e.device) for e in engines)}, context "
+           f"{engines[0].context_length} tokens, batches of up to {cfg.max_batch} rows; "
            f"chat at http://{cfg.host}:{cfg.port}/ and the API at http://{cfg.host}:{cfg.port}/v1")
-    serve(engine, model_name, cfg)
+    serve(engines, model_name, cfg)
+
+
+def worker_engines(engine: Engine, workers: int | None) -> list[Engine]:
+    """One engine per accelerator: the loaded one, and a copy of its model on each further GPU."""
+    if engine.device.type != "cuda":
+        if workers not in (None, 1):
+            raise PicochatError(f"--workers {workers}: a {engine.device.type} server has one worker; "
+                                f"more need one GPU each")
+        return [engine]
+    available = torch.cuda.device_count()
+    workers = workers or available
+    if workers > available:
+        raise PicochatError(f"--workers {workers} needs {workers} GPUs; {available} are visible")
+    copies = [copy.deepcopy(engine.model).to(torch.device("cuda", i)) for i in range(1, workers)]
+    return [engine] + [Engine(model, engine.tokenizer) for model in copies]
 
 
 def register(subparsers) -> None:

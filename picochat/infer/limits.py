@@ -44,6 +44,11 @@ class ServeConfig:
     top_k: int = field(default=50, metadata={"help": "top-k when a request gives none (0 = off)"})
     seed: int | None = field(default=None, metadata={"help": "sampling seed when a request gives none (else random)"})
     max_queue: int = field(default=64, metadata={"help": "requests waiting for the model before 503s"})
+    max_batch: int = field(default=32, metadata={"help": "rows decoded together, per worker (1 = no batching)"})
+    max_batch_tokens: int | None = field(default=None, metadata={
+        "help": "KV positions the batch may reserve, n x (prompt + max_tokens) per request (max_batch x context)"})
+    workers: int | None = field(default=None, metadata={
+        "help": "model copies, one per accelerator (all GPUs by default; one on a CPU)"})
     rate_per_minute: float = field(default=120.0, metadata={"help": "requests per minute per client (0 = unlimited)"})
     rate_burst: int = field(default=20, metadata={"help": "requests a client may send at once before rate limiting"})
     allowed_hosts: str = field(default="", metadata={
@@ -55,7 +60,9 @@ def check_serve_config(cfg: ServeConfig) -> None:
     """Refuse impossible settings before the model is loaded."""
     if not 1 <= cfg.port <= 65535:
         raise PicochatError(f"--port {cfg.port} is not a TCP port; use one from 1 to 65535 (e.g. --port 8000)")
-    for name in ("max_queue", "rate_burst"):
+    for name in ("max_queue", "rate_burst", "max_batch", "max_batch_tokens", "workers"):
+        if getattr(cfg, name) is None:
+            continue
         if getattr(cfg, name) < 1:
             raise PicochatError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.rate_per_minute < 0:

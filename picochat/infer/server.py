@@ -1,61 +1,47 @@
 """The HTTP server: a chat page at `/` and an OpenAI-compatible API (FastAPI + uvicorn).
 
-One model per process. Its engine runs on a single worker thread, so requests wait their turn in a
-queue (bounded by `max_queue`) while the event loop keeps accepting, validating and streaming.
+Each model copy (one per accelerator, `--workers`) has a scheduler thread that decodes every request it holds
+in one continuous batch (picochat/infer/scheduler.py); a request goes to the least busy one. The event loop
+keeps accepting, validating and streaming, and cancels a request the moment its client disconnects.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
-import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams, StreamDecoder
+from picochat.infer.scheduler import END, Scheduler
 from picochat.infer.limits import (MAX_BODY_BYTES, ChatRequest, HostGuard, RequestError, ServeConfig, TokenBucket,
                                    parse_chat_request)
 from picochat.tokenizer.chat import ConversationError, render_for_completion
 
 INDEX_HTML = Path(__file__).parent / "static" / "index.html"
-END_OF_STREAM = object()
-
-
-class ModelWorker:
-    """Runs engine calls one at a time on one thread; refuses work once `max_queue` requests wait."""
-
-    def __init__(self, max_queue: int):
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="picochat-model")
-        self.max_queue, self.pending, self.lock = max_queue, 0, threading.Lock()
-
-    def submit(self, fn) -> Future:
-        with self.lock:
-            if self.pending >= self.max_queue:
-                raise RequestError(503, f"the server is busy ({self.pending} requests waiting); retry shortly",
-                                   kind="server_busy")
-            self.pending += 1
-        future = self.executor.submit(fn)
-        future.add_done_callback(lambda _: self._done())
-        return future
-
-    def _done(self) -> None:
-        with self.lock:
-            self.pending -= 1
 
 
 class ChatService:
     """Turns validated requests into engine runs and OpenAI-shaped answers."""
 
-    def __init__(self, engine: Engine, model_name: str, config: ServeConfig):
-        self.engine, self.model_name, self.config = engine, model_name, config
-        self.worker = ModelWorker(config.max_queue)
+    def __init__(self, engines: list[Engine], model_name: str, config: ServeConfig):
+        self.engine, self.model_name, self.config = engines[0], model_name, config
+        self.schedulers = [Scheduler(engine, config.max_batch, config.max_batch_tokens, config.max_queue)
+                           for engine in engines]
         self.created = int(time.time())
+
+    def health(self) -> dict:
+        workers = [scheduler.stats() for scheduler in self.schedulers]
+        totals = {key: sum(w[key] for w in workers) for key in ("waiting", "active_requests", "active_rows")}
+        return {"status": "ok", "model": self.model_name, **totals,
+                "tokens_per_s": round(sum(w["tokens_per_s"] for w in workers), 1), "workers": workers}
 
     def prepare(self, request: ChatRequest) -> tuple[list[int], SamplingParams]:
         try:
@@ -113,42 +99,31 @@ class ChatService:
         yield "data: [DONE]\n\n"
 
     def start_steps(self, prompt: list[int], params: SamplingParams):
-        """Queue a generation now (a full queue raises before any byte is sent); iterate its steps asynchronously.
+        """Queue a generation now (a refusal raises before any byte is sent); iterate its steps asynchronously.
 
-        The engine runs on the model thread and hands each step to the event loop as it comes.
+        The scheduler thread hands each step to the event loop as it comes; leaving the iteration early
+        (a disconnect cancels it) takes the request out of the batch.
         """
-        loop, queue, cancelled = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        scheduler = min(self.schedulers, key=lambda s: len(s.waiting) + len(s.batch.slots))
 
         def hand_over(item) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the event loop has closed: nobody is listening any more
-                cancelled.set()
+                scheduler.cancel(job)
 
-        def work() -> None:
-            try:
-                if cancelled.is_set():  # the client left while the request waited in the queue
-                    return
-                for step in self.engine.generate(prompt, params):
-                    if cancelled.is_set():  # the client went away: free the model for the next request
-                        break
-                    hand_over(step)
-            except Exception as e:  # noqa: BLE001  (re-raised on the event loop's side)
-                hand_over(e)
-            finally:
-                hand_over(END_OF_STREAM)
-
-        self.worker.submit(work)
+        job = scheduler.submit(prompt, params, hand_over)
 
         async def steps():
             try:
-                while (item := await queue.get()) is not END_OF_STREAM:
+                while (item := await queue.get()) is not END:
                     if isinstance(item, Exception):
                         raise item
                     yield item
             finally:
-                cancelled.set()
-        return steps()
+                scheduler.cancel(job)
+        return steps(), lambda: scheduler.cancel(job)
 
 
 def client_address(request: Request) -> str:
@@ -181,13 +156,15 @@ async def read_json(request: Request):
         raise RequestError(400, "the request body is not valid JSON: nested too deeply") from None
 
 
+async def client_left(request: Request) -> None:
+    """Returns once the client has disconnected (or the response is complete)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def unless_client_leaves(request: Request, work):
     """Await `work`; if the client disconnects first, cancel it (which frees the model) and return None."""
-    async def client_left() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(client_left())
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(client_left(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -197,12 +174,20 @@ async def unless_client_leaves(request: Request, work):
     return task.result() if task.done() and not task.cancelled() else None
 
 
-def create_app(engine: Engine, model_name: str, config: ServeConfig = ServeConfig()) -> FastAPI:
-    service = ChatService(engine, model_name, config)
+def create_app(engines: Engine | list[Engine], model_name: str, config: ServeConfig = ServeConfig()) -> FastAPI:
+    """The app; `engines` holds one engine per worker (a single engine is one worker)."""
+    service = ChatService(engines if isinstance(engines, list) else [engines], model_name, config)
     limiter = TokenBucket(config.rate_per_minute, config.rate_burst)
     guard = HostGuard(config)
     page = INDEX_HTML.read_text()
-    app = FastAPI(title="picochat", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        for scheduler in service.schedulers:
+            scheduler.stop()
+
+    app = FastAPI(title="picochat", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError):
@@ -227,12 +212,12 @@ def create_app(engine: Engine, model_name: str, config: ServeConfig = ServeConfi
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "device": str(engine.device), "waiting": service.worker.pending}
+        return service.health()
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": service.created,
-                                            "owned_by": "picochat", "context_length": engine.context_length}]}
+                                            "owned_by": "picochat", "context_length": service.engine.context_length}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -241,14 +226,19 @@ def create_app(engine: Engine, model_name: str, config: ServeConfig = ServeConfi
                                kind="rate_limit_exceeded")
         chat = parse_chat_request(await read_json(request), model_name, config)
         prompt, params = service.prepare(chat)
-        steps = service.start_steps(prompt, params)
-        if chat.stream:  # Starlette cancels the stream (and so the generation) when the client disconnects
+        steps, cancel = service.start_steps(prompt, params)
+        if chat.stream:
+            # Starlette stops sending when the client disconnects but leaves the stream suspended, so a
+            # watcher takes the request out of the batch itself
+            watcher = asyncio.ensure_future(client_left(request))
+            watcher.add_done_callback(lambda _: cancel())
             return StreamingResponse(service.stream(steps, params), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                     background=BackgroundTask(watcher.cancel))
         return await unless_client_leaves(request, service.complete(steps, prompt, params))
 
     return app
 
 
-def serve(engine: Engine, model_name: str, config: ServeConfig) -> None:
-    uvicorn.run(create_app(engine, model_name, config), host=config.host, port=config.port, log_level="info")
+def serve(engines: list[Engine], model_name: str, config: ServeConfig) -> None:
+    uvicorn.run(create_app(engines, model_name, config), host=config.host, port=config.port, log_level="info")

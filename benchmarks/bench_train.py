@@ -21,7 +21,7 @@ from picochat.data.dataset import open_dataset
 from picochat.runtime import tokenizers_dir
 from picochat.tokenizer import Tokenizer, train_tokenizer
 from picochat.train.config import TrainConfig
-from picochat.train.loop import train
+from picochat.train.pretrain import train
 from picochat.train.metrics import METRICS_FILE, read_metrics
 
 REFERENCE_CPU_TOK_PER_SEC = 1200  # foundation issue: nanochat d4 on a CPU

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from pathlib import Path
 
 import pytest
+from conftest import home_at
 
 from picochat.checkpoint import run_dir, save_checkpoint
 from picochat.config import config_to_dict
@@ -53,14 +53,8 @@ def make_home(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """A PICOCHAT_HOME holding the tiny tokenizer and base run (`make_home`), for one test module."""
-    root = tmp_path_factory.mktemp("home")
-    previous = os.environ.get("PICOCHAT_HOME")
-    os.environ["PICOCHAT_HOME"] = str(root)
-    make_home(root)
-    yield root
-    if previous is None:
-        del os.environ["PICOCHAT_HOME"]
-    else:
-        os.environ["PICOCHAT_HOME"] = previous
+def base_home(tmp_path_factory):
+    """A PICOCHAT_HOME holding the tiny tokenizer and base run (`make_home`), shared by one test module."""
+    with home_at(tmp_path_factory.mktemp("home")) as root:
+        make_home(root)
+        yield root

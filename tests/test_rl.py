@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from picochat.post.packing import IGNORE
-from picochat.post.rl import RLConfig, advantages, collate, pg_examples, policy_gradient_loss, rl, sampled_mask
-from picochat.post.sft import SFTConfig, sft
-from post_helpers import home  # noqa: F401  (a module-scoped fixture)
+from picochat.post.config import RLConfig, SFTConfig
+from picochat.post.policy_gradient import advantages, collate, pg_examples, policy_gradient_loss, sampled_mask
+from picochat.post.rl import rl
+from picochat.post.sft import sft
+from post_helpers import base_home  # noqa: F401  (a module-scoped fixture)
 
 OUT_START, OUT_END = 100, 101
 
@@ -47,7 +49,7 @@ def test_a_step_on_the_pg_loss_makes_good_samples_likelier_and_bad_ones_rarer():
 
 
 @pytest.mark.slow
-def test_rl_on_arithmetic_raises_mean_reward(home, tmp_path):
+def test_rl_on_arithmetic_raises_mean_reward(base_home, tmp_path):
     torch.set_num_threads(2)
     mixture = tmp_path / "add.yaml"
     mixture.write_text("name: add\nsources:\n  - {source: arithmetic, args: {count: 3000, ops: '+'}}\n")
@@ -61,5 +63,5 @@ def test_rl_on_arithmetic_raises_mean_reward(home, tmp_path):
     rewards = result["rewards"]
     assert 0.0 < rewards[0] < 0.5, rewards  # briefly finetuned: some reward, room to grow
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.03, rewards
-    records = [json.loads(line) for line in (home / "runs" / "add-rl" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (base_home / "runs" / "add-rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 9)) and "pass@8" in records[0]

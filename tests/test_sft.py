@@ -11,19 +11,20 @@ from picochat.checkpoint import CheckpointError, load_model_from_run
 from picochat.infer.engine import Engine, SamplingParams
 from picochat.post.mixture import SourceError
 from picochat.post.packing import IGNORE, pack_rows, row_to_example
-from picochat.post.sft import SFTConfig, sft
+from picochat.post.config import SFTConfig
+from picochat.post.sft import sft
 from picochat.post.sources import SourceContext, load_source
 from picochat.runtime import init_runtime
 from picochat.tokenizer import Tokenizer
 from picochat.tokenizer.chat import render_conversation, render_for_completion
-from post_helpers import home, pseudo_words, spelling_conversation, write_jsonl  # noqa: F401  (home: a fixture)
+from post_helpers import base_home, pseudo_words, spelling_conversation, write_jsonl  # noqa: F401  (a fixture)
 
 SHARED_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
 
 
 # --- the mask and the packing -----------------------------------------------------------------
 
-def test_mask_covers_exactly_what_the_assistant_writes(home):
+def test_mask_covers_exactly_what_the_assistant_writes(base_home):
     tok = Tokenizer.load("tiny")
     conversation = {"messages": [
         {"role": "user", "content": "What is 12 * 7?"},
@@ -83,12 +84,12 @@ def test_gsm8k_source_renders_the_calculator_annotations(tmp_path):
     assert parts[-1]["text"].endswith("#### 24")
 
 
-def test_a_base_run_that_does_not_exist_is_refused(home):
+def test_a_base_run_that_does_not_exist_is_refused(base_home):
     with pytest.raises(CheckpointError, match="no checkpoint found for 'missing'"):
         sft(SFTConfig(from_run="missing", mixture="offline", device="cpu"))
 
 
-def test_an_unknown_mixture_is_refused(home):
+def test_an_unknown_mixture_is_refused(base_home):
     with pytest.raises(SourceError, match="--mixture 'nope' is neither a built-in mixture"):
         sft(SFTConfig(from_run="base", mixture="nope", device="cpu"))
 
@@ -106,7 +107,7 @@ def spelling_accuracy(run: str, words: list[str]) -> float:
 
 
 @pytest.mark.slow
-def test_sft_on_spelling_beats_the_base_model_on_held_out_words(home, tmp_path):
+def test_sft_on_spelling_beats_the_base_model_on_held_out_words(base_home, tmp_path):
     torch.set_num_threads(2)
     data = write_jsonl(tmp_path / "spell.jsonl", [spelling_conversation(w) for w in pseudo_words(4000, 1)])
     mixture = tmp_path / "spell.yaml"
@@ -119,13 +120,13 @@ def test_sft_on_spelling_beats_the_base_model_on_held_out_words(home, tmp_path):
     after = spelling_accuracy("spell-sft", held_out)
     assert after >= before + 0.15, (before, after)
     assert result["step"] == 100 and result["val_bpb"] is not None
-    records = [json.loads(line) for line in (home / "runs" / "spell-sft" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (base_home / "runs" / "spell-sft" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 100 and records[-1]["loss"] < records[0]["loss"]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_EVAL / "gsm8k" / "train.jsonl").is_file(), reason="../shared/data/eval is absent")
-def test_offline_mixture_runs_from_local_gsm8k_and_arc(home):
+def test_offline_mixture_runs_from_local_gsm8k_and_arc(base_home):
     result = sft(SFTConfig(from_run="base", run="offline-sft", mixture="offline", data_dir=str(SHARED_EVAL),
                            num_iterations=3, device_batch_size=2, total_batch_size=128, val_conversations=20,
                            chat_eval=False, device="cpu"))

@@ -20,6 +20,7 @@ from picochat.model.config import GPTConfig
 from picochat.model.gpt import GPT
 from picochat.optim.setup import OptimHParams, build_optimizer
 from picochat.train import loop as train_loop
+from picochat.train import pretrain
 from picochat.train.config import TrainConfig
 from picochat.train.lifecycle import NonFiniteLossError, check_finite_loss
 from picochat.train.metrics import METRICS_FILE, REQUIRED_AXES, read_metrics
@@ -207,7 +208,7 @@ def tiny_config(**overrides) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def base_run(home):
-    train_loop.train(tiny_config())
+    pretrain.train(tiny_config())
     return ckpt.run_dir("base")
 
 
@@ -230,7 +231,7 @@ def test_resume_reproduces_the_uninterrupted_losses_exactly(base_run, home):
     resumed_run = ckpt.run_dir("resumed")
     shutil.copytree(base_run, resumed_run)
     shutil.rmtree(ckpt.checkpoint_path(resumed_run, 6))  # as if stopped right after step 3's checkpoint
-    train_loop.train(tiny_config(run="resumed", resume=True), explicit={"run", "resume"})
+    pretrain.train(tiny_config(run="resumed", resume=True), explicit={"run", "resume"})
     resumed = [r["loss"] for r in read_metrics(resumed_run / METRICS_FILE)]
     assert resumed == uninterrupted  # exact: fp32 on CPU, same data cursor, optimizer and RNG
 
@@ -248,7 +249,7 @@ def test_a_trained_run_reloads_for_evaluation(base_run):
 def no_compute(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built before the input was checked")
-    monkeypatch.setattr(train_loop, "start_session", refuse)
+    monkeypatch.setattr(pretrain, "build_model", refuse)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -259,13 +260,13 @@ def no_compute(monkeypatch):
 ])
 def test_bad_input_is_refused_before_compute(home, no_compute, overrides, message):
     with pytest.raises(PicochatError, match=message):
-        train_loop.train(tiny_config(**{"run": "fresh", **overrides}))
+        pretrain.train(tiny_config(**{"run": "fresh", **overrides}))
 
 
 @pytest.mark.slow
 def test_resume_with_a_changed_depth_is_refused_before_compute(base_run, no_compute):
     with pytest.raises(PicochatError, match="cannot change the model shape.*--depth 2 -> 3"):
-        train_loop.train(tiny_config(depth=3, resume=True), explicit={"run", "resume", "depth"})
+        pretrain.train(tiny_config(depth=3, resume=True), explicit={"run", "resume", "depth"})
 
 
 @pytest.mark.slow
@@ -278,7 +279,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(home, monkeypatch):
         return real_measure(s, *args)
 
     monkeypatch.setattr(train_loop, "measure", measure_then_signal)
-    state = train_loop.train(tiny_config(run="signalled", save_every=0, eval_every=0))
+    state = pretrain.train(tiny_config(run="signalled", save_every=0, eval_every=0))
     assert state["step"] == 2
     assert [p.name for p in ckpt.list_checkpoints(ckpt.run_dir("signalled"))] == ["step_000002"]
 
@@ -297,4 +298,4 @@ def test_a_fitted_constants_file_changes_the_derived_plan(home, tmp_path):
 
 def test_a_missing_constants_file_is_refused_before_compute(home, no_compute):
     with pytest.raises(PicochatError, match="constants file"):
-        train_loop.train(tiny_config(run="fresh", constants="/nonexistent/fitted.json"))
+        pretrain.train(tiny_config(run="fresh", constants="/nonexistent/fitted.json"))

@@ -14,7 +14,8 @@ import torch.distributed as dist
 
 from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams
 from picochat.tasks import Task, prompt_conversation
-from picochat.tokenizer.chat import assistant_parts, format_parts, render_for_completion
+from picochat.tasks.base import answer_text
+from picochat.tokenizer.chat import render_for_completion
 
 Log = Callable[[str], None]
 
@@ -131,18 +132,13 @@ def evaluate_generative(engine: Engine, task: Task, items: list[dict], num_sampl
         except PromptTooLongError:
             too_long += 1
             continue
-        scores = [task.score(items[i], completion_text(tokenizer, c.tokens)) for c in completions]
+        scores = [task.score(items[i], answer_text(tokenizer, c.tokens)) for c in completions]
         correct += any(scores)
         sample_correct += sum(scores)
         progress(log, task, done, len(mine), correct)
     correct, sample_correct, too_long, total = sum_over_ranks([correct, sample_correct, too_long, len(mine)],
                                                               engine.device)
     return ChatResult(task.name, correct, total, task.chance, num_samples, sample_correct, too_long)
-
-
-def completion_text(tokenizer, tokens: list[int]) -> str:
-    """What the assistant wrote, tool calls and their results shown inline."""
-    return format_parts(assistant_parts(tokenizer, tokens))
 
 
 def evaluate_task(model, tokenizer, task: Task, items: list[dict], batch_size: int = 8, num_samples: int = 1,

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from picochat.config import add_config_args, config_from_args
-from picochat.post.rl import RLConfig, rl
-from picochat.post.sft import SFTConfig, sft
+from picochat.config import add_config_args, config_from_args, explicit_fields
+from picochat.post.config import RLConfig, SFTConfig
+from picochat.post.rl import rl
+from picochat.post.sft import sft
 from picochat.runtime import print0, shutdown_runtime
+from picochat.train.loop import exit_status
 
 
 def _add_from_alias(parser: argparse.ArgumentParser) -> None:
@@ -16,21 +18,24 @@ def _add_from_alias(parser: argparse.ArgumentParser) -> None:
 
 def sft_command(args: argparse.Namespace) -> int:
     try:
-        result = sft(config_from_args(SFTConfig, args))
+        result = sft(config_from_args(SFTConfig, args), explicit_fields(args, SFTConfig))
     finally:
         shutdown_runtime()
-    print0(f"done: {result['step']} steps, {result['tok_per_sec']:,.0f} tok/s; saved {result['checkpoint']}")
-    return 0
+    print0(f"{'stopped' if result['stopped_by'] else 'done'}: step {result['step']}, "
+           f"{result['tok_per_sec']:,.0f} tok/s; saved {result['checkpoint']}")
+    return exit_status(result["stopped_by"])
 
 
 def rl_command(args: argparse.Namespace) -> int:
     try:
-        result = rl(config_from_args(RLConfig, args))
+        result = rl(config_from_args(RLConfig, args), explicit_fields(args, RLConfig))
     finally:
         shutdown_runtime()
     rewards = result["rewards"]
-    print0(f"done: {result['step']} steps, mean reward {rewards[0]:.3f} -> {rewards[-1]:.3f}; saved {result['checkpoint']}")
-    return 0
+    change = f"mean reward {rewards[0]:.3f} -> {rewards[-1]:.3f}" if rewards else "no step run"
+    print0(f"{'stopped' if result['stopped_by'] else 'done'}: step {result['step']}, {change}; "
+           f"saved {result['checkpoint']}")
+    return exit_status(result["stopped_by"])
 
 
 def register(subparsers) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from picochat.errors import PicochatError
 from picochat.runtime import picochat_home
+from picochat.tokenizer.chat import assistant_parts
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -61,6 +62,12 @@ class Task:
                                 f"`picochat eval chat --task {self.name} --download` (into {self.data_root}) "
                                 f"or point --data-dir at a folder holding {self.folder}/")
         return path
+
+
+def answer_text(tokenizer, tokens: list[int]) -> str:
+    """The text a completion is scored on, by the chat evals and by RL's reward alike: what the assistant
+    wrote, without its tool calls and their outputs (a calculator's result is not the model's answer)."""
+    return "".join(part["text"] for part in assistant_parts(tokenizer, tokens) if part["type"] == "text")
 
 
 def prompt_conversation(item: dict) -> dict:

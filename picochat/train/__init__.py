@@ -1,5 +1,5 @@
-"""Pretraining: the loop (loop.py) and the small helpers it calls, each one idea."""
+"""Training: the one loop (loop.py) every stage runs, pretraining (pretrain.py), and the helpers they call."""
 from picochat.train.config import TrainConfig
-from picochat.train.loop import train
+from picochat.train.pretrain import train
 
 __all__ = ["TrainConfig", "train"]

@@ -6,7 +6,8 @@ import argparse
 from picochat.config import add_config_args, config_from_args, explicit_fields
 from picochat.runtime import print0, shutdown_runtime
 from picochat.train.config import TrainConfig
-from picochat.train.loop import train
+from picochat.train.loop import exit_status
+from picochat.train.pretrain import train
 
 
 def register(subparsers) -> None:
@@ -29,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown_runtime()
     bpb = "n/a" if state["val_bpb"] is None else f"{state['val_bpb']:.4f}"
-    print0(f"done: step {state['step']}, {state['tokens']:,} tokens, {state['train_time']:.1f} s training, val bpb {bpb}")
-    return 0
+    print0(f"{'stopped' if state['stopped_by'] else 'done'}: step {state['step']}, {state['tokens']:,} tokens, "
+           f"{state['train_time']:.1f} s training, val bpb {bpb}")
+    return exit_status(state["stopped_by"])

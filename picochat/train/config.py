@@ -50,7 +50,11 @@ class TrainConfig:
     save_every: int = field(default=1000, metadata=field_help("checkpoint every N steps (0: only at the end)"))
     keep_checkpoints: int = field(default=2, metadata=field_help("how many recent checkpoints to keep"))
     log_every: int = field(default=1, metadata=field_help("console progress line every N steps (the JSONL gets every step)"))
+    core_every: int = field(default=0, metadata=field_help("CORE every N steps and at the end (0: never); needs the bundle"))
+    core_max_per_task: int = field(default=500, metadata=field_help("items per CORE task during training"))
+    core_bundle: str | None = field(default=None, metadata=field_help("CORE bundle dir; derived: $PICOCHAT_HOME/eval_bundle"))
     resume: bool = field(default=False, metadata=field_help("continue the run from its latest checkpoint"))
+    force: bool = field(default=False, metadata=field_help("start over a run that has checkpoints, deleting them"))
     wandb: bool = field(default=False, metadata=field_help("also log to wandb (when installed)"))
     # Runtime.
     device: str | None = field(default=None, metadata=field_help("cuda, mps or cpu; derived: autodetect"))

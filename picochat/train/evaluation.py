@@ -1,13 +1,8 @@
-"""Periodic evaluation during training: validation bpb on a fixed token budget, and samples."""
+"""Evaluation cadence, and the greedy samples printed during pretraining (bpb: picochat/eval/bpb.py)."""
 from __future__ import annotations
-
-import itertools
 
 import torch
 
-from picochat.data.loader import PackedLoader
-from picochat.eval.bpb import evaluate_bpb
-from picochat.runtime import Runtime
 
 # Fixed prompts so samples from step to step (and run to run) are comparable.
 SAMPLE_PROMPTS = (
@@ -21,21 +16,6 @@ SAMPLE_PROMPTS = (
 def is_due(step: int, every: int, last_step: int) -> bool:
     """Every `every` steps and at the last step; `every` <= 0 means only at the last step."""
     return step == last_step or (every > 0 and step % every == 0)
-
-
-def eval_batches_per_rank(eval_tokens: int, device_batch_size: int, seq_len: int, world_size: int) -> int:
-    return max(1, eval_tokens // (device_batch_size * seq_len * world_size))
-
-
-def validation_bpb(model, dataset, tokenizer, token_bytes: torch.Tensor, batch_size: int, seq_len: int,
-                   eval_tokens: int, runtime: Runtime, mode: str = "bestfit") -> float:
-    """bpb over the first `eval_tokens` of the val split: a fresh loader each time, so every
-    evaluation of the run scores exactly the same tokens."""
-    steps = eval_batches_per_rank(eval_tokens, batch_size, seq_len, runtime.world_size)
-    loader = PackedLoader(dataset, tokenizer, "val", batch_size, seq_len, rank=runtime.rank,
-                          world_size=runtime.world_size, mode=mode, device=runtime.device, background=False)
-    with loader:
-        return evaluate_bpb(model, itertools.islice(loader, steps), token_bytes)
 
 
 @torch.no_grad()

@@ -48,9 +48,15 @@ def progress_line(record: dict, num_iterations: int) -> str:
              f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}",
              f"{record['tok_per_sec']:,.0f} tok/s", f"mfu {100 * record['mfu']:.1f}%",
              f"{record['flops']:.2e} flops", f"time {format_duration(record['time'])}"]
-    if "val_bpb" in record:
-        parts.append(f"val bpb {record['val_bpb']:.4f}")
+    parts += [shown.format(record[key]) for key, shown in SHOWN_WHEN_PRESENT if isinstance(record.get(key), (int, float))]
     return " | ".join(parts)
+
+
+# what a stage or an evaluation adds to a record, shown on the console line when present
+SHOWN_WHEN_PRESENT = (("val_bpb", "val bpb {:.4f}"), ("val_tokens", "over {:,} tokens"), ("core", "CORE {:.4f}"),
+                      ("chatcore", "ChatCORE {:.4f}"), ("mean_reward", "reward {:.3f}"),
+                      ("heldout_pass@k", "held-out pass@k {:.3f}"))
+EVALUATION_FIELDS = ("val_bpb", "core", "chatcore", "heldout_pass@k")
 
 
 class ConsoleLogger(Logger):
@@ -63,7 +69,7 @@ class ConsoleLogger(Logger):
         step = record["step"]
         if record["loss"] is None:  # the step-0 evaluation, which the loop prints itself
             return
-        if step % self.every == 0 or "val_bpb" in record or step == self.num_iterations:
+        if step % self.every == 0 or step == self.num_iterations or any(k in record for k in EVALUATION_FIELDS):
             print0(progress_line(record, self.num_iterations))
 
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 import picochat
-from picochat.checkpoint import latest_checkpoint, list_checkpoints, read_meta, run_dir
+from picochat.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints, read_meta, run_dir
 from picochat.config import format_config, save_config
 from picochat.data.dataset import Dataset, open_dataset
 from picochat.errors import PicochatError
@@ -57,18 +59,53 @@ def merge_resumed(cfg: TrainConfig, saved: dict, explicit: set[str], checkpoint:
     if changed:
         raise PicochatError(f"--resume cannot change the model shape of {checkpoint} ({'; '.join(changed)}); "
                             f"drop those flags to resume, or start a new run with --run NEW")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return resumed_config(cfg, saved, explicit)
+
+
+def resumed_config(cfg, saved: dict, explicit: set[str]):
+    """Any stage's config as saved with its checkpoint, with the flags given now on top."""
+    known = {f.name for f in dataclasses.fields(cfg)}
     values = {k: v for k, v in saved.items() if k in known}
     values.update({name: getattr(cfg, name) for name in explicit})
-    return TrainConfig(**values)
+    return type(cfg)(**values)
 
 
-def find_resume_checkpoint(cfg: TrainConfig, run: Path) -> Path:
-    found = latest_checkpoint(run)
-    if found is None:
-        raise PicochatError(f"--resume: run {cfg.run_name()!r} has no checkpoint in {run / 'checkpoints'}; "
-                            f"start it without --resume (or name the run with --run)")
-    return found
+def resume_point(run: Path, name: str, resume: bool, force: bool, runtime: Runtime) -> Path | None:
+    """Every stage's start: the checkpoint to continue (--resume), or None for a fresh run. A fresh run
+    under a name that has checkpoints is refused unless --force, which deletes them first."""
+    if resume:
+        found = latest_checkpoint(run)
+        if found is None:
+            raise PicochatError(f"--resume: run {name!r} has no checkpoint in {run / CHECKPOINTS}; "
+                                f"start it without --resume (or name the run with --run)")
+        check_same_world(read_meta(found), runtime.world_size, found)
+        return found
+    if list_checkpoints(run):
+        if not force:
+            raise PicochatError(f"run {name!r} already has checkpoints in {run / CHECKPOINTS}; pass --resume to "
+                                f"continue it, --force to start it over (deleting them), or --run NEW for a new run")
+        if runtime.is_master:
+            shutil.rmtree(run / CHECKPOINTS)
+        print0(f"--force: deleted the checkpoints of run {name!r}; starting it over")
+    if dist.is_initialized():
+        dist.barrier()  # no rank looks at the run before rank 0 has cleared it
+    return None
+
+
+def check_ranges(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """Numbers that cannot work, refused by flag before any compute (a NaN fails both tests)."""
+    for names, ok, rule in ((positive, lambda v: v > 0, "greater than 0"),
+                            (non_negative, lambda v: v >= 0, "0 or more")):
+        for name in names:
+            value = getattr(cfg, name)
+            if value is not None and not ok(value):
+                raise PicochatError(f"--{name.replace('_', '-')} {value} is not valid: it must be {rule}")
+
+
+TRAIN_POSITIVE = ("depth", "aspect_ratio", "head_dim", "n_kv_heads", "max_seq_len", "num_iterations", "ratio",
+                  "total_batch_size", "device_batch_size", "eval_tokens", "loader_buffer_docs", "core_max_per_task")
+TRAIN_NON_NEGATIVE = (*LR_FIELDS.values(), "weight_decay", "warmup_steps", "warmdown_ratio", "final_lr_frac",
+                      "eval_every", "sample_every", "save_every", "keep_checkpoints", "log_every", "core_every")
 
 
 def check_batch(total: int, device_batch_size: int, seq_len: int, world_size: int) -> int:
@@ -101,14 +138,11 @@ def load_tokenizer(cfg: TrainConfig) -> Tokenizer:
 
 def prepare_run(cfg: TrainConfig, explicit: set[str] | None, runtime: Runtime) -> RunSetup:
     explicit = default_explicit(cfg) if explicit is None else explicit
+    check_ranges(cfg, TRAIN_POSITIVE, TRAIN_NON_NEGATIVE)
     run = run_dir(cfg.run_name())
-    resume_from = find_resume_checkpoint(cfg, run) if cfg.resume else None
+    resume_from = resume_point(run, cfg.run_name(), cfg.resume, cfg.force, runtime)
     if resume_from is not None:
-        check_same_world(read_meta(resume_from), runtime.world_size, resume_from)
         cfg = merge_resumed(cfg, read_meta(resume_from)["run_config"], explicit, resume_from)
-    elif list_checkpoints(run):
-        raise PicochatError(f"run {cfg.run_name()!r} already has checkpoints in {run / 'checkpoints'}; "
-                            f"pass --resume to continue it, or --run NEW for a new run")
     dataset = open_dataset(cfg.dataset)
     tokenizer = load_tokenizer(cfg)
     shape = model_config(cfg, tokenizer.vocab_size)

@@ -26,6 +26,14 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over ranks (one collective for the lot)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if _distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is True on any rank (all-reduce MAX)."""
     value = torch.tensor(float(flag), device=device)

@@ -58,6 +58,26 @@ class PacedModel(torch.nn.Module):
         return self.real(*args, **kwargs)
 
 
+class ReplyScriptModel(torch.nn.Module):
+    """Wraps a model so that every reply is `script` (token ids), one token per step, then <|assistant_end|>.
+
+    A forward of more than one token is a prefill and starts the script over; requests must come one at a
+    time. The real model still runs, so the KV cache behaves as in serving."""
+
+    def __init__(self, real, script: list[int], end: int, pace: float = 0.0):
+        super().__init__()
+        self.real, self.script, self.end, self.pace, self.written = real, script, end, pace, 0
+        self.config, self.compute_dtype = real.config, real.compute_dtype
+
+    def forward(self, idx, kv_cache=None):
+        self.real(idx, kv_cache=kv_cache)
+        self.written = 0 if idx.size(1) > 1 else self.written + 1
+        time.sleep(self.pace)
+        logits = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
+        logits[:, -1, self.script[self.written] if self.written < len(self.script) else self.end] = 100.0  # any temperature
+        return logits
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import torch
 from infer_helpers import tiny_model, tiny_tokenizer
 from picochat.checkpoint import run_dir, save_checkpoint
 from picochat.cli import main
-from picochat.infer.chat_cli import ChatConfig, chat_loop
+from picochat.infer.chat_cli import ChatConfig, chat_loop, run_chat
 from picochat.infer.engine import Batch, Engine, PromptTooLongError, SamplingParams, StreamDecoder
 from picochat.infer.sampling import filtered_probs, sample_rows
 from picochat.model.kv_cache import KVCache
@@ -283,3 +283,16 @@ def test_a_removed_request_frees_its_rows_for_the_next(engine, tok):
     assert batch.free_rows == 2 and second.cache_rows == [0] and batch.cache.lengths[0] == 13
     third = batch.add(prompt_ids(tok, 5), SamplingParams(max_tokens=4, temperature=0, num_samples=2))
     assert third.cache_rows == [1, 2] and batch.slots == [second, third, third]
+
+
+def test_chat_cli_shows_a_tool_call_readably_and_takes_a_system_prompt(tok):
+    special = tok.special_id
+    script = [*tok.encode("Sure"), special("<|python_start|>"), *tok.encode("12*7"), special("<|python_end|>")]
+    script += [special("<|assistant_end|>")] * 20
+    model = ScriptedModel(tiny_model(tok.vocab_size), script)
+    engine, out, prompts = Engine(model, tok), io.StringIO(), []
+    generate = engine.generate
+    engine.generate = lambda prompt, params: prompts.append(prompt) or generate(prompt, params)
+    run_chat(engine, ChatConfig(run="tiny", prompt="What is 12 times 7?", system="Be brief.", temperature=0), out)
+    assert out.getvalue() == "Sure[calc: 12*7] -> 84\n"
+    assert "Be brief." in tok.decode(prompts[0]) and "Be brief." not in tok.decode(prompt_ids(tok, 60))

@@ -9,6 +9,8 @@ from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams, St
 from picochat.tokenizer.chat import render_for_completion
 
 HELP = "commands: /clear starts a new conversation, /quit (or Ctrl-D) leaves"
+# how a calculator call shows in the terminal: [calc: 12*7] -> 84
+TOOL_MARKS = {"<|python_start|>": "[calc: ", "<|python_end|>": "]", "<|output_start|>": " -> ", "<|output_end|>": ""}
 
 
 @dataclass
@@ -16,6 +18,7 @@ class ChatConfig:
     run: str = field(default="", metadata={"help": "run name or checkpoint path to chat with"})
     step: int | None = field(default=None, metadata={"help": "checkpoint step (latest when not given)"})
     prompt: str | None = field(default=None, metadata={"help": "one-shot: print the reply to this prompt and exit"})
+    system: str | None = field(default=None, metadata={"help": "a system prompt that opens every conversation"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature (0 = greedy)"})
     top_k: int = field(default=50, metadata={"help": "sample among the k most likely tokens (0 = all)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1 = off)"})
@@ -27,12 +30,18 @@ class ChatConfig:
 def stream_reply(engine: Engine, messages: list[dict], params: SamplingParams, out: TextIO) -> str:
     """Print the assistant's reply as it is generated; return its text."""
     prompt = render_for_completion(engine.tokenizer, {"messages": messages})
+    marks = {engine.tokenizer.special_id(name): shown for name, shown in TOOL_MARKS.items()}
     decoder, pieces = StreamDecoder(engine.tokenizer), []
     for [token] in engine.generate(prompt, params):
         if token is None or token in engine.stop_ids:
             break
-        pieces.append(decoder.push(token))
-        out.write(pieces[-1])
+        if token in marks:  # the reply keeps the token; the terminal shows its readable mark
+            text = decoder.flush()
+            pieces += [text, engine.tokenizer.decode([token])]
+            out.write(text + marks[token])
+        else:
+            pieces.append(decoder.push(token))
+            out.write(pieces[-1])
         out.flush()
     pieces.append(decoder.flush())
     out.write(pieces[-1] + "\n")
@@ -47,7 +56,8 @@ def sampling_params(cfg: ChatConfig, turn: int) -> SamplingParams:
 def chat_loop(engine: Engine, cfg: ChatConfig, read=input, out: TextIO | None = None) -> None:
     """The REPL: each line is a user turn; the reply streams; the conversation grows until /clear."""
     out = out or sys.stdout
-    messages: list[dict] = []
+    opening = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    messages = list(opening)
     out.write(f"picochat: talking to {cfg.run} ({HELP})\n")
     while True:
         try:
@@ -58,7 +68,7 @@ def chat_loop(engine: Engine, cfg: ChatConfig, read=input, out: TextIO | None = 
         if line in ("/quit", "/exit", "quit", "exit"):
             return
         if line == "/clear":
-            messages = []
+            messages = list(opening)
             out.write("(new conversation)\n")
             continue
         if not line:
@@ -77,6 +87,7 @@ def chat_loop(engine: Engine, cfg: ChatConfig, read=input, out: TextIO | None = 
 def run_chat(engine: Engine, cfg: ChatConfig, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     if cfg.prompt is not None:
-        stream_reply(engine, [{"role": "user", "content": cfg.prompt}], sampling_params(cfg, 0), out)
+        opening = [{"role": "system", "content": cfg.system}] if cfg.system else []
+        stream_reply(engine, [*opening, {"role": "user", "content": cfg.prompt}], sampling_params(cfg, 0), out)
     else:
         chat_loop(engine, cfg, out=out)

@@ -200,7 +200,8 @@ def good_step_before(path: Path) -> str:
     good = next((p for p in reversed(earlier) if verifies(p)), None)
     if good is None:
         return "no earlier checkpoint of this run verifies; restore the files from a copy or start a new run"
-    return f"pass --step {step_of(good)} (the newest earlier checkpoint that verifies: {good})"
+    return (f"the newest earlier checkpoint that verifies is {good}: pass --step {step_of(good)}, or to --resume "
+            f"from it move {path.name} out of {path.parent}")
 
 
 def verified_meta(path: Path) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the module fixture trains a d2 and exports two runs
 pytest.importorskip("transformers", reason="the `hf` extra is not installed: pip install -e '.[hf]'")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 

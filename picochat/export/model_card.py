@@ -51,7 +51,7 @@ def training_section(run: Path, meta: dict) -> list[str]:
     return [
         f"### {stage}: run `{run.name}`", "",
         "| | |", "|---|---|",
-        f"| data | {meta.get('dataset') or config.get('dataset') or config.get('mixture') or MISSING} |",
+        f"| data | {config.get('mixture') or meta.get('dataset') or config.get('dataset') or MISSING} |",
         f"| tokenizer | {meta.get('tokenizer') or MISSING} |",
         f"| steps | {value(summary.get('steps'), 'int')} |",
         f"| tokens | {value(summary.get('tokens'), 'sci')} |",
@@ -99,7 +99,7 @@ def model_card(name: str, checkpoint: Path, meta: dict, cfg: GPTConfig, dtype: s
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
         "model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)",
-        "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+        "tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)  # else transformers asks first",
         "chat = pipeline('text-generation', model=model, tokenizer=tokenizer)",
         "print(chat([{'role': 'user', 'content': 'Why is the sky blue?'}], max_new_tokens=64))",
         "```", "",

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from picochat.runtime import init_runtime
 from picochat.tokenizer import train_tokenizer
 from picochat.train.build import build_model, make_optimizer, model_config
 from picochat.train.config import TrainConfig
+from picochat.train.metrics import read_metrics
 
 
 def spelling_conversation(word: str) -> dict:
@@ -58,3 +62,26 @@ def base_home(tmp_path_factory):
     with home_at(tmp_path_factory.mktemp("home")) as root:
         make_home(root)
         yield root
+
+
+KILL_AT_STEP = """import os, signal, sys
+from picochat.train import loop
+real = loop.measure
+def measure(s, *a):
+    if s.state.step == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(s, *a)
+loop.measure = measure
+from picochat.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_killed_at(step: int, home: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """`picochat ARGS` in a child process that SIGKILLs itself once step `step` has run."""
+    return subprocess.run([sys.executable, "-c", KILL_AT_STEP, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PICOCHAT_HOME": str(home), "KILL_AT_STEP": str(step)})
+
+
+def losses(home: Path, run: str) -> list[float]:
+    return [r["loss"] for r in read_metrics(home / "runs" / run / "metrics.jsonl") if r["loss"] is not None]

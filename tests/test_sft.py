@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from picochat.post.sources import SourceContext, load_source
 from picochat.runtime import init_runtime
 from picochat.tokenizer import Tokenizer
 from picochat.tokenizer.chat import render_conversation, render_for_completion
-from post_helpers import base_home, pseudo_words, spelling_conversation, write_jsonl  # noqa: F401  (a fixture)
+from post_helpers import (base_home, losses, pseudo_words, run_killed_at,  # noqa: F401  (base_home: a fixture)
+                          spelling_conversation, write_jsonl)
 
 SHARED_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
 
@@ -132,3 +134,73 @@ def test_offline_mixture_runs_from_local_gsm8k_and_arc(base_home):
                            chat_eval=False, device="cpu"))
     model, tok, meta = load_model_from_run("offline-sft", init_runtime("cpu"))  # what chat/serve load
     assert result["step"] == 3 and meta["stage"] == "sft" and meta["from_run"].endswith("step_000000")
+
+
+# --- the one loop: resume after SIGKILL, 2 processes = 1 with accumulation, precision ----------
+
+def spelling_mixture(directory: Path, count: int = 400) -> Path:
+    data = write_jsonl(directory / "spell.jsonl", [spelling_conversation(w) for w in pseudo_words(count, 3)])
+    mixture = directory / "spell.yaml"
+    mixture.write_text(f"name: spell\nsources:\n  - {{source: jsonl, args: {{path: '{data}'}}}}\n")
+    return mixture
+
+
+def short_sft_args(mixture: Path, run: str) -> list[str]:
+    return ["sft", "--from", "base", "--run", run, "--mixture", str(mixture), "--num-iterations", "5",
+            "--max-seq-len", "32", "--device-batch-size", "4", "--total-batch-size", "256", "--lr-scale", "1.0",
+            "--val-conversations", "0", "--no-chat-eval", "--save-every", "2", "--device", "cpu",
+            "--dtype", "float32"]
+
+
+@pytest.mark.slow
+def test_sft_killed_mid_run_resumes_to_the_same_losses(base_home, tmp_path):
+    mixture = spelling_mixture(tmp_path)
+    from picochat.cli import main
+    assert main(short_sft_args(mixture, "sft-whole")) == 0
+    killed = run_killed_at(3, base_home, short_sft_args(mixture, "sft-killed"))
+    assert killed.returncode == -9 and len(losses(base_home, "sft-killed")) == 2, killed.stderr[-2000:]  # died in step 3
+    assert main(["sft", "--run", "sft-killed", "--resume"]) == 0  # from step 2's checkpoint
+    assert losses(base_home, "sft-killed") == losses(base_home, "sft-whole")  # exact: fp32 on CPU
+
+
+def _sft_rank(rank: int, port: int, home: str, mixture: str) -> None:
+    os.environ.update(PICOCHAT_HOME=home, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from picochat.cli import main
+    main(short_sft_args(Path(mixture), "sft-two")[:-6] + ["--device", "cpu", "--dtype", "float32"])
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_of_sft_match_one_with_accumulation(base_home, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    mixture = spelling_mixture(tmp_path)
+    from picochat.cli import main
+    assert main(short_sft_args(mixture, "sft-one")[:-6] + ["--device", "cpu", "--dtype", "float32"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sft_rank, args=(port, str(base_home), str(mixture)), nprocs=2, join=True)
+    one, two = losses(base_home, "sft-one"), losses(base_home, "sft-two")
+    assert len(one) == 5 and one[0] != one[-1]
+    assert two[0] == pytest.approx(one[0], rel=1e-6)  # the same rows in the same micro-batches
+    assert two == pytest.approx(one, rel=1e-3)  # Muon amplifies fp32 summation-order noise a little
+
+
+@pytest.mark.slow
+def test_sft_dtype_is_set_before_the_model_is_built(base_home, tmp_path, monkeypatch):
+    from picochat.post import base as post_base
+    built = []
+
+    def spy(config, runtime):
+        built.append(runtime.dtype)
+        return real(config, runtime)
+    real = post_base.build_model
+    monkeypatch.setattr(post_base, "build_model", spy)
+    result = sft(SFTConfig(from_run="base", run="sft-fp16", mixture=str(spelling_mixture(tmp_path, 50)),
+                           num_iterations=1, max_seq_len=32, device_batch_size=4, total_batch_size=128,
+                           val_conversations=0, chat_eval=False, device="cpu", dtype="float16"))
+    assert built == [torch.float16] and result["step"] == 1
+    model, _, meta = load_model_from_run("sft-fp16", init_runtime("cpu"))
+    assert meta["run_config"]["dtype"] == "float16" and meta["dataset"] == "none" and meta["tokenizer"] == "tiny"

@@ -8,6 +8,8 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -28,6 +30,8 @@ from picochat.train.mfu import diagnose_low_mfu
 from picochat.train.schedule import apply_schedules, lr_multiplier, muon_momentum, weight_decay_multiplier
 from picochat.train.setup import check_batch
 from picochat.train.step import GradScaler, train_step
+
+from conftest import home_at
 
 WORDS = "the cat sat on a mat and dog ran to big red house with small blue car in park near old tree".split()
 
@@ -176,26 +180,20 @@ def test_inf_on_one_rank_makes_every_rank_skip_the_step(two_rank_results):
 # --- the whole loop on a tiny dataset ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """A PICOCHAT_HOME with a small word-salad dataset `tiny` and its 300-token tokenizer."""
+def tiny_home(tmp_path_factory):
+    """A PICOCHAT_HOME with a small word-salad dataset `tiny` and its 300-token tokenizer, shared by the module."""
     from picochat.data.dataset import open_dataset
     from picochat.data.importer import ImportConfig, import_dataset
     from picochat.tokenizer import train_tokenizer
 
-    root = tmp_path_factory.mktemp("home")
-    previous = os.environ.get("PICOCHAT_HOME")
-    os.environ["PICOCHAT_HOME"] = str(root)
-    rng = random.Random(0)
-    docs = root / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 120)))})
-                            + "\n" for _ in range(400)))
-    import_dataset([docs], "tiny", ImportConfig(format="jsonl", val_fraction=0.2, docs_per_row_group=32))
-    train_tokenizer(open_dataset("tiny").iter_documents("train"), "tiny", vocab_size=300, dataset="tiny")
-    yield root
-    if previous is None:
-        del os.environ["PICOCHAT_HOME"]
-    else:
-        os.environ["PICOCHAT_HOME"] = previous
+    with home_at(tmp_path_factory.mktemp("home")) as root:
+        rng = random.Random(0)
+        docs = root / "docs.jsonl"
+        docs.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 120)))})
+                                + "\n" for _ in range(400)))
+        import_dataset([docs], "tiny", ImportConfig(format="jsonl", val_fraction=0.2, docs_per_row_group=32))
+        train_tokenizer(open_dataset("tiny").iter_documents("train"), "tiny", vocab_size=300, dataset="tiny")
+        yield root
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -207,7 +205,7 @@ def tiny_config(**overrides) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def base_run(home):
+def base_run(tiny_home):
     pretrain.train(tiny_config())
     return ckpt.run_dir("base")
 
@@ -226,7 +224,7 @@ def test_metrics_file_has_every_axis_and_val_bpb_on_eval_steps(base_run):
 
 
 @pytest.mark.slow
-def test_resume_reproduces_the_uninterrupted_losses_exactly(base_run, home):
+def test_resume_reproduces_the_uninterrupted_losses_exactly(base_run, tiny_home):
     uninterrupted = [r["loss"] for r in read_metrics(base_run / METRICS_FILE)]
     resumed_run = ckpt.run_dir("resumed")
     shutil.copytree(base_run, resumed_run)
@@ -258,7 +256,7 @@ def no_compute(monkeypatch):
     (dict(total_batch_size=300), "not a multiple"),
     (dict(run="never-ran", resume=True), "has no checkpoint"),
 ])
-def test_bad_input_is_refused_before_compute(home, no_compute, overrides, message):
+def test_bad_input_is_refused_before_compute(tiny_home, no_compute, overrides, message):
     with pytest.raises(PicochatError, match=message):
         pretrain.train(tiny_config(**{"run": "fresh", **overrides}))
 
@@ -270,7 +268,7 @@ def test_resume_with_a_changed_depth_is_refused_before_compute(base_run, no_comp
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_stops_cleanly(home, monkeypatch):
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tiny_home, monkeypatch):
     real_measure = train_loop.measure
 
     def measure_then_signal(s, *args):
@@ -284,7 +282,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(home, monkeypatch):
     assert [p.name for p in ckpt.list_checkpoints(ckpt.run_dir("signalled"))] == ["step_000002"]
 
 
-def test_a_fitted_constants_file_changes_the_derived_plan(home, tmp_path):
+def test_a_fitted_constants_file_changes_the_derived_plan(tiny_home, tmp_path):
     from picochat.runtime import init_runtime
     from picochat.train.setup import prepare_run
     constants = tmp_path / "fitted.json"
@@ -296,6 +294,89 @@ def test_a_fitted_constants_file_changes_the_derived_plan(home, tmp_path):
     assert fitted.cfg.num_iterations == pytest.approx(2 * reference.cfg.num_iterations, abs=1)
 
 
-def test_a_missing_constants_file_is_refused_before_compute(home, no_compute):
+def test_a_missing_constants_file_is_refused_before_compute(tiny_home, no_compute):
     with pytest.raises(PicochatError, match="constants file"):
         pretrain.train(tiny_config(run="fresh", constants="/nonexistent/fitted.json"))
+
+
+def test_a_new_run_over_a_trained_one_needs_force(base_run, tiny_home):
+    with pytest.raises(PicochatError, match="already has checkpoints.*--resume.*--force"):
+        pretrain.train(tiny_config(num_iterations=1))
+    assert ckpt.list_checkpoints(base_run)  # refused before anything was touched
+
+
+@pytest.mark.slow
+def test_force_starts_a_run_over_and_its_metrics_with_it(tiny_home):
+    pretrain.train(tiny_config(run="forced", num_iterations=2, save_every=0, eval_every=0))
+    state = pretrain.train(tiny_config(run="forced", num_iterations=1, save_every=0, eval_every=0, force=True))
+    assert state["step"] == 1 and [p.name for p in ckpt.list_checkpoints(ckpt.run_dir("forced"))] == ["step_000001"]
+    assert [r["step"] for r in read_metrics(ckpt.run_dir("forced") / METRICS_FILE)] == [0, 1]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(device_batch_size=0), "--device-batch-size 0 is not valid: it must be greater than 0"),
+    (dict(matrix_lr=-1.0), "--matrix-lr -1.0 is not valid: it must be 0 or more"),
+    (dict(eval_tokens=float("nan")), "--eval-tokens nan is not valid"),
+])
+def test_numbers_that_cannot_work_are_refused_by_flag(tiny_home, no_compute, overrides, message):
+    with pytest.raises(PicochatError, match=message):
+        pretrain.train(tiny_config(run="fresh", **overrides))
+
+
+def make_core_bundle(root):
+    """One multiple-choice task of four items, enough for CORE to be a number."""
+    (root / "eval_data").mkdir(parents=True)
+    (root / "core.yaml").write_text("icl_tasks:\n- {label: mc, dataset_uri: mc.jsonl, num_fewshot: [0], "
+                                    "icl_task_type: multiple_choice, continuation_delimiter: ' '}\n")
+    (root / "eval_meta_data.csv").write_text("Eval Task,Task Category,Random baseline\nmc,x,50\n")
+    items = [{"query": f"the {w}", "choices": ["cat", "dog"], "gold": i % 2} for i, w in enumerate(WORDS[:4])]
+    (root / "eval_data" / "mc.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    return root
+
+
+@pytest.mark.slow
+def test_core_every_logs_core_during_pretraining(tiny_home, tmp_path):
+    bundle = make_core_bundle(tmp_path / "bundle")
+    pretrain.train(tiny_config(run="with-core", num_iterations=4, save_every=0, eval_every=0, core_every=2,
+                               core_bundle=str(bundle)))
+    records = read_metrics(ckpt.run_dir("with-core") / METRICS_FILE)
+    assert [r["step"] for r in records if "core" in r] == [2, 4]
+    assert all(-1.0 <= r["core"] <= 1.0 for r in records if "core" in r)
+
+
+@pytest.mark.slow
+def test_a_small_val_split_is_scored_once_whole(tiny_home):
+    from picochat.data.dataset import open_dataset
+    from picochat.eval.bpb import SplitBpb, split_stream_within
+    from picochat.tokenizer import Tokenizer
+    dataset, tok = open_dataset("tiny"), Tokenizer.load("tiny")
+    stream = split_stream_within(dataset, tok, "val", 10**7)
+    assert split_stream_within(dataset, tok, "val", len(stream) - 2) is None  # one token over the budget
+    model = GPT(GPTConfig(depth=1, vocab_size=tok.vocab_size, aspect_ratio=32, head_dim=16, max_seq_len=32,
+                          window_pattern="L"))
+    model.init_weights()
+    result = SplitBpb(dataset, tok, "val", 4, 32, 10**7)(model)
+    assert result.whole_split and result.tokens == len(stream) - 1
+    assert "whole val split" in result.describe("val")
+
+
+@pytest.mark.slow
+def test_a_signal_stop_exits_143_and_says_stopped(tiny_home):
+    """SIGTERM at step 2 (a real signal to a real `picochat train`): exit status 128 + 15 and "stopped"."""
+    script = ("import os, signal, sys\n"
+              "from picochat.train import loop\n"
+              "real = loop.measure\n"
+              "def measure(s, *a):\n"
+              "    if s.state.step == 2: os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    return real(s, *a)\n"
+              "loop.measure = measure\n"
+              "from picochat.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    args = ["--dataset", "tiny", "--run", "sigterm", "--depth", "2", "--aspect-ratio", "32", "--head-dim", "32",
+            "--max-seq-len", "32", "--window-pattern", "L", "--device-batch-size", "4", "--total-batch-size", "128",
+            "--num-iterations", "6", "--eval-every", "0", "--eval-tokens", "128", "--sample-every", "0",
+            "--device", "cpu", "--dtype", "float32"]
+    done = subprocess.run([sys.executable, "-c", script, "train", *args], capture_output=True, text=True,
+                          env={**os.environ, "PICOCHAT_HOME": str(tiny_home)}, timeout=300)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "stopped: step 2" in done.stdout and "done:" not in done.stdout

@@ -437,6 +437,9 @@ class InMemoryDataset:
     def row_group_counts(self, split):
         return [2]
 
+    def row_group_sizes(self, split):
+        return [[20, 20]]
+
     def read_row_group(self, split, shard_index, row_group_index):
         return [f"document {row_group_index} {i} " * (3 + i) for i in range(20)]
 

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from picochat.eval.core_data import TaskSpec, load_bundle, load_items, select_tasks, shuffled_and_capped
+from picochat.eval.core_data import (CoreBundle, CoreDataError, TaskSpec, load_bundle, load_items, select_tasks,
+                                     shuffled_and_capped)
 from picochat.eval.core_prompts import prepare_item
 from picochat.eval.core_score import count_correct
 from picochat.runtime import print0
@@ -84,30 +85,43 @@ def evaluate_task(model, tokenizer, task: TaskSpec, items: list[dict], device, m
     return correct / total if total else float("nan")
 
 
+def load_present_tasks(bundle: CoreBundle, tasks: list[str] | None, max_per_task: int | None,
+                       log: Callable[[str], None]) -> tuple[list[tuple[TaskSpec, list[dict]]], list[str]]:
+    """The selected tasks whose data file is present, each with its items (checked, shuffled, capped), and
+    the labels of those whose file is absent. Every file is read before any is scored, so a bad line in the
+    last task fails in seconds, not after an hour of evaluation."""
+    present, missing = [], []
+    for task in select_tasks(bundle, tasks):
+        path = bundle.data_path(task)
+        if path.is_file():
+            present.append((task, shuffled_and_capped(load_items(path, task.task_type), max_per_task)))
+        else:
+            log(f"core: {task.label:<34} missing ({path} not found; left out of the mean)")
+            missing.append(task.label)
+    if not present:
+        raise CoreDataError(f"none of the selected CORE tasks has its data file under {bundle.root / 'eval_data'}; "
+                            f"re-download the bundle with --download, or name tasks that are there with --tasks")
+    return present, missing
+
+
 def evaluate_core(model, tokenizer, bundle_dir: Path | str, max_per_task: int | None = None,
                   tasks: list[str] | None = None, device=None, max_seq_len: int | None = None,
                   batch_tokens: int = DEFAULT_BATCH_TOKENS, log: Callable[[str], None] = print0) -> CoreResult:
     """CORE of `model` on the bundle at `bundle_dir`; tasks whose data is absent are named in
     `missing` and left out of the mean. A progress line per task through `log`."""
-    bundle = load_bundle(bundle_dir)
+    present, missing = load_present_tasks(load_bundle(bundle_dir), tasks, max_per_task, log)
     device = torch.device(device) if device is not None else model_device(model)
     max_seq_len = max_seq_len or model_max_seq_len(model)
-    result = CoreResult()
-    for task in select_tasks(bundle, tasks):
-        path = bundle.data_path(task)
-        if not path.is_file():
-            log(f"core: {task.label:<34} missing ({path} not found; left out of the mean)")
-            result.missing.append(task.label)
-            continue
+    result = CoreResult(missing=missing)
+    for task, items in present:
         started = time.perf_counter()
-        items = shuffled_and_capped(load_items(path, task.task_type), max_per_task)
         accuracy = evaluate_task(model, tokenizer, task, items, device, max_seq_len, batch_tokens)
         seconds = time.perf_counter() - started
         task_result = TaskResult(task.label, task.task_type, accuracy, centered_score(accuracy, task.random_baseline),
                                  task.random_baseline, len(items), seconds)
         result.tasks.append(task_result)
         log(f"core: {task.label:<34} acc {accuracy:.4f}  centered {task_result.centered:+.4f}  "
-               f"n={len(items)}  {seconds:.1f}s ({len(items) / max(seconds, 1e-9):.1f} ex/s)")
+            f"n={len(items)}  {seconds:.1f}s ({len(items) / max(seconds, 1e-9):.1f} ex/s)")
     return result
 
 

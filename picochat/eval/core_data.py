@@ -8,6 +8,7 @@ Layout (the DCLM eval bundle, as published for nanochat):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ REQUIRED_FIELDS = {
     "schema": ("context_options", "continuation", "gold"),
     "language_modeling": ("context", "continuation"),
 }
+OPTIONS_FIELD = {"multiple_choice": "choices", "schema": "context_options"}  # what `gold` indexes
 SHUFFLE_SEED = 1337  # nanochat shuffles each task with this seed before any per-task cap
 
 
@@ -71,7 +73,7 @@ def load_bundle(root: Path | str) -> CoreBundle:
         raise CoreDataError(missing_bundle_message(root))
     baselines = load_random_baselines(root / "eval_meta_data.csv")
     try:
-        config = yaml.safe_load(config_path.read_text())
+        config = yaml.safe_load(read_utf8(config_path))
     except yaml.YAMLError as e:
         raise CoreDataError(f"{config_path} is not valid YAML: {e}") from e
     entries = (config or {}).get("icl_tasks") if isinstance(config, dict) else None
@@ -85,33 +87,58 @@ def parse_task(entry: dict, index: int, config_path: Path, baselines: dict[str, 
     where = f"{config_path}, icl_tasks[{index}]"
     if not isinstance(entry, dict) or not all(k in entry for k in ("label", "dataset_uri", "icl_task_type")):
         raise CoreDataError(f"{where} needs label, dataset_uri and icl_task_type; got {entry!r}")
-    label, task_type = entry["label"], entry["icl_task_type"]
+    label, task_type, delimiter = entry["label"], entry["icl_task_type"], entry.get("continuation_delimiter", " ")
+    if not all(isinstance(value, str) for value in (label, entry["dataset_uri"], delimiter)):
+        raise CoreDataError(f"{where}: label, dataset_uri and continuation_delimiter must be strings; "
+                            f"got {label!r}, {entry['dataset_uri']!r} and {delimiter!r}")
     if task_type not in TASK_TYPES:
         raise CoreDataError(f"{where} ({label}): icl_task_type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
     if label not in baselines:
         raise CoreDataError(f"{where}: task {label!r} has no row in eval_meta_data.csv, so it has no random baseline")
-    shots = entry.get("num_fewshot", [0])
-    shots = shots[0] if isinstance(shots, list) else shots
-    return TaskSpec(label=label, dataset_uri=entry["dataset_uri"], task_type=task_type, num_fewshot=int(shots),
-                    continuation_delimiter=entry.get("continuation_delimiter", " "),
-                    random_baseline=baselines[label])
+    return TaskSpec(label=label, dataset_uri=entry["dataset_uri"], task_type=task_type,
+                    num_fewshot=parse_num_fewshot(entry.get("num_fewshot", [0]), f"{where} ({label})"),
+                    continuation_delimiter=delimiter, random_baseline=baselines[label])
+
+
+def parse_num_fewshot(value, where: str) -> int:
+    """llm-foundry lists shot counts (`num_fewshot: [10]`); picochat evaluates the first."""
+    shots = value[0] if isinstance(value, list) and value else value
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise CoreDataError(f"{where}: num_fewshot {value!r} is not a whole number of examples; "
+                            f"write a count of 0 or more, e.g. `num_fewshot: [10]`")
+    return shots
 
 
 def load_random_baselines(path: Path) -> dict[str, float]:
     """label -> random-guess accuracy as a fraction (the file stores percent)."""
     if not path.is_file():
         raise CoreDataError(f"{path} is missing; the CORE bundle needs it for each task's random baseline")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "Eval Task" not in rows[0] or "Random baseline" not in rows[0]:
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    if not reader.fieldnames or "Eval Task" not in reader.fieldnames or "Random baseline" not in reader.fieldnames:
         raise CoreDataError(f"{path} needs the columns 'Eval Task' and 'Random baseline'")
     baselines = {}
-    for line_no, row in enumerate(rows, start=2):
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
         try:
-            baselines[row["Eval Task"]] = float(row["Random baseline"]) / 100
+            percent = float(row["Random baseline"])
         except (TypeError, ValueError) as e:
-            raise CoreDataError(f"{path}:{line_no}: random baseline {row['Random baseline']!r} is not a number") from e
+            raise CoreDataError(f"{where}: random baseline {row['Random baseline']!r} is not a number") from e
+        if not 0 <= percent < 100:  # also refuses nan
+            raise CoreDataError(f"{where}: random baseline {row['Random baseline']!r} of {row['Eval Task']!r} must be "
+                                f"a percent from 0 up to (not including) 100, since CORE divides by 100 minus it")
+        baselines[row["Eval Task"]] = percent / 100
     return baselines
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a bundle file; bytes that are not UTF-8 are reported by line, not as a traceback."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CoreDataError(f"{path}:{line}: byte 0x{data[e.start]:02x} is not UTF-8; re-save the file as UTF-8 "
+                            f"or re-download the bundle") from e
 
 
 def select_tasks(bundle: CoreBundle, names: list[str] | None) -> list[TaskSpec]:
@@ -126,24 +153,44 @@ def select_tasks(bundle: CoreBundle, names: list[str] | None) -> list[TaskSpec]:
 
 
 def load_items(path: Path, task_type: str) -> list[dict]:
-    """Every item of one task's jsonl, each checked for the fields its task type needs."""
-    required = REQUIRED_FIELDS[task_type]
+    """Every item of one task's jsonl (at least one), each checked for the fields its task type needs."""
     items = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CoreDataError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); "
-                                    f"fix or delete that line, or re-download the bundle") from e
-            lacking = [k for k in required if not isinstance(item, dict) or k not in item]
-            if lacking:
-                raise CoreDataError(f"{path}:{line_no}: a {task_type} item needs {', '.join(required)}; "
-                                    f"missing {', '.join(lacking)}")
-            items.append(item)
+    for line_no, line in enumerate(read_utf8(path).split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CoreDataError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno}); "
+                                f"fix or delete that line, or re-download the bundle") from e
+        problem = item_problem(item, task_type)
+        if problem:
+            raise CoreDataError(f"{path}:{line_no}: {problem}; fix or delete that line, or re-download the bundle")
+        items.append(item)
+    if not items:
+        raise CoreDataError(f"{path} holds no items; re-download the bundle, or leave its task out with --tasks")
     return items
+
+
+def item_problem(item, task_type: str) -> str | None:
+    """What is wrong with one item for its task type, or None: every field present and of its type, and
+    `gold` an index into the options (an index past them would mark every answer wrong without a word)."""
+    required = REQUIRED_FIELDS[task_type]
+    lacking = [k for k in required if not isinstance(item, dict) or k not in item]
+    if lacking:
+        return f"a {task_type} item needs {', '.join(required)}; missing {', '.join(lacking)}"
+    options = OPTIONS_FIELD.get(task_type)
+    for key in required:
+        value = item[key]
+        if key == options and not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            return f"`{key}` must be a non-empty list of strings; got {repr(value)[:60]}"
+        if key not in (options, "gold") and not isinstance(value, str):
+            return f"`{key}` must be a string; got {repr(value)[:60]}"
+    if options:
+        gold, count = item["gold"], len(item[options])
+        if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < count:
+            return f"`gold` {gold!r} is not an index into its {count} {options} (a whole number 0 to {count - 1})"
+    return None
 
 
 def shuffled_and_capped(items: list[dict], max_per_task: int | None) -> list[dict]:

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--ratio", type=float, default=None, metavar="R", help="tokens per scaling param (default: 10.5, or the constants file's)")
     parser.add_argument("--total-batch-size", type=int, default=None, metavar="TOKENS", help="tokens per step (default: derived, Power Lines)")
     parser.add_argument("--num-iterations", type=int, default=None, metavar="STEPS", help="optimizer steps (default: derived, tokens / batch)")
+    parser.add_argument("--target-flops", type=float, default=None, metavar="F",
+                        help="the horizon from a FLOP budget: steps = F / (FLOPs per token x batch), to the nearest step")
     parser.add_argument("--gpu", default="H100", help=f"GPU for the time estimate, one of {', '.join(PEAK_FLOPS)} (default: H100)")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the estimate (default: 0.4)")
     parser.add_argument("--n-gpus", type=int, default=1, metavar="N", help="GPUs sharing the run (default: 1)")
@@ -35,7 +37,9 @@ def run_plan(args: argparse.Namespace) -> int:
         if args.ratio <= 0:
             raise PicochatError(f"--ratio must be positive, got {args.ratio}")
         constants = dataclasses.replace(constants, ratio=args.ratio)
-    plan = plan_for_config(cfg, constants, args.total_batch_size, args.num_iterations)
+    if args.target_flops is not None and (args.ratio is not None or args.num_iterations is not None):
+        raise PicochatError("--target-flops sets the horizon; drop --ratio and --num-iterations (or --target-flops)")
+    plan = plan_for_config(cfg, constants, args.total_batch_size, args.num_iterations, args.target_flops)
     hours = plan.estimated_hours(args.gpu, args.mfu, args.n_gpus)
     if args.json:
         estimate = {"gpu": args.gpu, "mfu": args.mfu, "n_gpus": args.n_gpus, "hours": hours}
@@ -54,7 +58,8 @@ def format_plan(plan: Plan, estimate: str) -> str:
         *((f"params {group}", f"{n:,}") for group, n in plan.params.items()),
         ("scaling params", f"{plan.scaling_params:,} (matrix + lm_head)"),
         ("FLOPs/token", f"{plan.flops_per_token:.4g}"),
-        ("target tokens", f"{plan.target_tokens:,} ({k.ratio} x scaling params)"),
+        ("target tokens", f"{plan.target_tokens:,} (" + (f"FLOP budget {plan.target_flops:.4g} / FLOPs per token)"
+                                                         if plan.target_flops else f"{k.ratio} x scaling params)")),
         ("total batch", f"{plan.total_batch_size:,} tokens (2^{plan.total_batch_size.bit_length() - 1})"
          if plan.total_batch_size & (plan.total_batch_size - 1) == 0 else f"{plan.total_batch_size:,} tokens"),
         ("steps", f"{plan.num_steps:,} ({plan.tokens:,} tokens trained)"),

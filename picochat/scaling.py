@@ -101,6 +101,18 @@ def target_tokens(scaling_params: int, ratio: float = 10.5) -> int:
     return int(ratio * scaling_params)
 
 
+def steps_for_flops(flop_budget: float, flops_per_token: int, tokens_per_step: int) -> int:
+    """Optimizer steps that spend `flop_budget`: F / (FLOPs per token × tokens per step), rounded to
+    the nearest whole step, so the spend is within half a step of the budget (no bias either way
+    across an isoFLOP sweep). A budget under half a step is refused rather than rounded up to one."""
+    flops_per_step = flops_per_token * tokens_per_step
+    steps = round(flop_budget / flops_per_step)
+    if steps < 1:
+        raise PicochatError(f"a FLOP budget of {flop_budget:.4g} is under half an optimizer step "
+                            f"({flops_per_step:.4g} FLOPs); raise --target-flops or lower --total-batch-size")
+    return steps
+
+
 def optimal_batch_tokens(tokens: int, reference_tokens: int, reference_batch: int = 2**19,
                          exponent: float = 0.383) -> int:
     """Total batch in tokens: B_ref * (D / D_ref)^0.383, rounded to a power of two in log space
@@ -138,13 +150,14 @@ class Plan:
     params: dict[str, int]  # by optimizer group, plus "total"
     scaling_params: int
     flops_per_token: int
-    target_tokens: int  # ratio x scaling params
+    target_tokens: int  # ratio x scaling params, or the FLOP budget / FLOPs per token
     total_batch_size: int  # tokens per optimizer step
     num_steps: int
     weight_decay: float
     learning_rates: dict[str, float]
     warmup_steps: int
     warmdown_steps: int
+    target_flops: float | None = None  # the FLOP budget that set the horizon, if one did
 
     @property
     def depth(self) -> int:
@@ -185,7 +198,7 @@ class Plan:
             "window_pattern": c.window_pattern, "window_sizes": c.window_sizes(),
             "params": dict(self.params), "scaling_params": self.scaling_params,
             "flops_per_token": self.flops_per_token, "ratio": k.ratio,
-            "target_tokens": self.target_tokens, "tokens": self.tokens,
+            "target_flops": self.target_flops, "target_tokens": self.target_tokens, "tokens": self.tokens,
             "total_batch_size": self.total_batch_size, "num_steps": self.num_steps,
             "total_flops": self.total_flops, "weight_decay": self.weight_decay,
             "learning_rates": dict(self.learning_rates),
@@ -197,20 +210,29 @@ class Plan:
 
 
 def plan_for_config(cfg: GPTConfig, constants: ScalingConstants | None = None,
-                    total_batch_size: int | None = None, num_iterations: int | None = None) -> Plan:
-    """The plan for a given shape; total_batch_size / num_iterations override the laws when set."""
+                    total_batch_size: int | None = None, num_iterations: int | None = None,
+                    target_flops: float | None = None) -> Plan:
+    """The plan for a given shape; total_batch_size / num_iterations override the laws when set.
+    `target_flops` sets the horizon from a FLOP budget instead of the tokens:params ratio (the
+    batch law then reads the budget's tokens)."""
     c = constants or ScalingConstants()
     for name, value in (("total_batch_size", total_batch_size), ("num_iterations", num_iterations)):
         if value is not None and value < 1:
             raise PicochatError(f"{name} must be a positive integer (or unset to derive it), got {value}")
-    n_scaling = scaling_params(cfg)
-    tokens = target_tokens(n_scaling, c.ratio)
+    if target_flops is not None and (num_iterations is not None or not target_flops > 0):
+        raise PicochatError(f"target_flops must be a positive FLOP count and sets the horizon alone "
+                            f"(drop num_iterations), got target_flops={target_flops}, num_iterations={num_iterations}")
+    n_scaling, per_token = scaling_params(cfg), flops_per_token(cfg)
+    tokens = max(1, int(target_flops / per_token)) if target_flops else target_tokens(n_scaling, c.ratio)
     batch = total_batch_size or optimal_batch_tokens(
         tokens, reference_tokens(cfg.vocab_size, c), c.reference_batch_tokens, c.batch_exponent)
-    num_steps = num_iterations or max(1, tokens // batch)
+    if target_flops:
+        num_steps = steps_for_flops(target_flops, per_token, batch)
+    else:
+        num_steps = num_iterations or max(1, tokens // batch)
     return Plan(
         config=cfg, constants=c, params=parameter_counts(cfg), scaling_params=n_scaling,
-        flops_per_token=flops_per_token(cfg), target_tokens=tokens, total_batch_size=batch,
+        flops_per_token=per_token, target_tokens=tokens, total_batch_size=batch, target_flops=target_flops,
         num_steps=num_steps, weight_decay=weight_decay_for_width(cfg.width, c.wd_ref, c.wd_width_ref),
         learning_rates=learning_rates(cfg.width, batch, c),
         warmup_steps=min(c.warmup_steps, num_steps), warmdown_steps=round(c.warmdown_fraction * num_steps),
@@ -220,9 +242,11 @@ def plan_for_config(cfg: GPTConfig, constants: ScalingConstants | None = None,
 def make_plan(depth: int, vocab_size: int = 32768, aspect_ratio: int = 64, head_dim: int = 128,
               max_seq_len: int = 2048, window_pattern: str = "SSSL", ratio: float | None = None,
               total_batch_size: int | None = None, num_iterations: int | None = None,
-              constants: ScalingConstants | None = None, n_kv_heads: int | None = None) -> Plan:
+              constants: ScalingConstants | None = None, n_kv_heads: int | None = None,
+              target_flops: float | None = None) -> Plan:
     """Build the shape from depth (GPTConfig validates it) and derive its plan.
-    `ratio` overrides constants.ratio (10.5 unless a constants file says otherwise)."""
+    `ratio` overrides constants.ratio (10.5 unless a constants file says otherwise);
+    `target_flops` replaces the ratio's horizon by a FLOP budget's."""
     cfg = GPTConfig(depth=depth, vocab_size=vocab_size, aspect_ratio=aspect_ratio, head_dim=head_dim,
                     n_kv_heads=n_kv_heads, max_seq_len=max_seq_len, window_pattern=window_pattern)
     constants = constants or ScalingConstants()
@@ -230,4 +254,6 @@ def make_plan(depth: int, vocab_size: int = 32768, aspect_ratio: int = 64, head_
         if ratio <= 0:
             raise PicochatError(f"ratio (tokens per scaling param) must be positive, got {ratio}")
         constants = dataclasses.replace(constants, ratio=ratio)
-    return plan_for_config(cfg, constants, total_batch_size, num_iterations)
+    if ratio is not None and target_flops is not None:
+        raise PicochatError("ratio and target_flops both set the horizon; give one")
+    return plan_for_config(cfg, constants, total_batch_size, num_iterations, target_flops)

@@ -9,8 +9,9 @@ import pytest
 
 from picochat.cli import main
 from picochat.errors import PicochatError
-from picochat.lab.fit import (compute_frontier, fit_batch, fit_loss, fit_power_law, fit_ratio, fit_weight_decay,
-                              fitted_constants, optima, scaling_params_of, width_of, write_constants)
+from picochat.lab.fit import (compute_frontier, fit_batch, fit_isoflop, fit_loss, fit_power_law, fit_ratio,
+                              fit_weight_decay, fitted_constants, isoflop_optima, optima, scaling_params_of, width_of,
+                              write_constants)
 from picochat.lab.sweep import RESULTS_FILE
 from picochat.model.accounting import flops_per_token, scaling_params
 from picochat.model.config import GPTConfig
@@ -113,6 +114,55 @@ def test_ratio_is_that_of_the_best_depth_at_each_compute_budget():
     assert fitted_constants([fit])["ratio"] == pytest.approx(math.exp(np.mean(np.log(expected))))
 
 
+ISO_DEPTHS = (2, 3, 4, 5, 6, 8)
+
+
+def isoflop_sweep(optimal_params, budgets=(1e15, 1e16, 1e17), depths=ISO_DEPTHS) -> list[dict]:
+    """Every depth trained to each budget; bpb a parabola in ln N with its bottom at optimal_params(F)."""
+    rows = []
+    for budget in budgets:
+        for depth in depths:
+            cfg = GPTConfig(depth=depth, vocab_size=1000, max_seq_len=256)
+            tokens = budget / flops_per_token(cfg)
+            bpb = 1.0 + 0.05 * math.log(scaling_params(cfg) / optimal_params(budget)) ** 2
+            rows.append(row({"target_flops": budget, "depth": depth}, {"max_seq_len": 256}, bpb,
+                            tokens=tokens, flops=budget))
+    return rows
+
+
+def test_isoflop_parabolas_find_the_known_optimum_and_its_power_law():
+    def optimal(budget):
+        return 1e6 * (budget / 1e15) ** 0.5  # N_opt ∝ C^0.5, inside the depths' sizes at every budget
+    rows = isoflop_sweep(optimal)
+    found, notes = isoflop_optima(rows)
+    assert notes == [] and [o.budget for o in found] == [1e15, 1e16, 1e17]
+    sizes = [scaling_params(GPTConfig(depth=d, vocab_size=1000, max_seq_len=256)) for d in ISO_DEPTHS]
+    for o in found:
+        assert o.params == pytest.approx(optimal(o.budget), rel=1e-6)
+        assert o.bpb == pytest.approx(1.0, abs=1e-9)
+        below = max(i for i, n in enumerate(sizes) if n <= o.params)  # the depths either side of the optimum
+        assert ISO_DEPTHS[below] <= o.depth <= ISO_DEPTHS[below + 1]
+        tokens_either_side = [o.budget / flops_per_token(GPTConfig(depth=ISO_DEPTHS[i], vocab_size=1000,
+                                                                   max_seq_len=256)) for i in (below + 1, below)]
+        assert tokens_either_side[0] <= o.tokens <= tokens_either_side[1]
+    params_law, tokens_law = fit_isoflop(rows)
+    assert params_law.law.exponent == pytest.approx(0.5, abs=1e-6)
+    assert params_law.law.coefficient == pytest.approx(1e6 / 1e15 ** 0.5, rel=1e-4)
+    assert abs(tokens_law.law.exponent - 0.5) < 0.05  # D = C / FLOPs-per-token, about C / 6N
+    assert fitted_constants([params_law, tokens_law])["ratio"] == pytest.approx(
+        math.exp(np.mean([math.log(o.ratio) for o in found])))
+
+
+def test_isoflop_budgets_without_an_inside_minimum_are_named_not_fitted():
+    rows = isoflop_sweep(lambda budget: 1e6 if budget < 1e16 else 1e9, budgets=(1e15, 1e17))  # 1e9: past d8
+    rows += isoflop_sweep(lambda budget: 1e6, budgets=(1e16,), depths=(2, 4))
+    found, notes = isoflop_optima(rows)
+    assert [o.budget for o in found] == [1e15]
+    assert any("beyond the largest depth" in n and "1e+17" in n for n in notes)
+    assert any("a parabola needs 3+" in n and "1e+16" in n for n in notes)
+    assert all(f.law is None and "skipped" in f.note for f in fit_isoflop(rows))
+
+
 def test_written_constants_are_read_by_plan(tmp_path):
     constants = fitted_constants([fit_batch(batch_sweep())], reference_tokens=1e9)
     path = write_constants(constants, tmp_path / "c.json")
@@ -135,3 +185,19 @@ def test_fit_command_writes_plots_fits_and_constants(tmp_path, monkeypatch, caps
     assert (sweep / "fits" / "batch_vs_tokens.png").read_bytes()[:4] == b"\x89PNG"
     assert "batch_exponent" in json.loads((tmp_path / "fitted.json").read_text())
     assert main(["plan", "--depth", "8", "--constants", str(tmp_path / "fitted.json")]) == 0
+
+
+@pytest.mark.slow
+def test_fit_command_reports_each_budgets_optimal_depth(home, capsys):
+    sweep = home / "sweeps" / "iso"
+    sweep.mkdir(parents=True)
+    rows = isoflop_sweep(lambda budget: 1e6 * (budget / 1e15) ** 0.5)
+    (sweep / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["fit", "iso", "--write-constants", str(home / "fitted.json")]) == 0
+    out = capsys.readouterr().out
+    assert "optimal_params_vs_compute: compute-optimal scaling params = " in out
+    assert out.count("isoFLOP ") == 3 and "isoFLOP 1e+16 FLOPs: optimal depth ≈ " in out
+    saved = json.loads((sweep / "fits" / "fits.json").read_text())
+    assert [o["budget"] for o in saved["isoflop"]] == [1e15, 1e16, 1e17]
+    assert json.loads((home / "fitted.json").read_text())["ratio"] == pytest.approx(
+        math.exp(np.mean([math.log(o["ratio"]) for o in saved["isoflop"]])))

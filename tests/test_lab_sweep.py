@@ -81,6 +81,30 @@ def test_grid_expands_to_every_combination():
     assert len(runs) == 6 and runs[0] == {"depth": 2, "weight_decay": 0.1} and runs[-1] == {"depth": 3, "weight_decay": 0.3}
 
 
+def test_isoflop_expands_budgets_by_depths_from_yaml(home, trainer):
+    # PyYAML reads 1e15 (no dot) as a string: the budget is still a number
+    (home / "iso.yaml").write_text("base: {max_seq_len: 256}\nisoflop: {budgets: [1e15, 3.0e15], depths: [2, 3, 4]}\n")
+    spec = load_spec(home / "iso.yaml")
+    runs = expand(spec)
+    assert runs == [{"target_flops": f, "depth": d} for f in (1e15, 3e15) for d in (2, 3, 4)]
+    assert run_name("iso", runs[0]) == "iso-target_flops1e+15-depth2"
+    rows = read_results(run_sweep(spec, trainer))
+    assert [r["overrides"] for r in rows] == runs
+    assert rows[0]["config"]["target_flops"] == "1000000000000000.0"  # the trainer got --target-flops
+
+
+@pytest.mark.parametrize("isoflop,base,message", [
+    ({"budgets": [1e15], "depths": [2, 3]}, {}, "3\\+ distinct"),
+    ({"budgets": [], "depths": [2, 3, 4]}, {}, "budgets"),
+    ({"budgets": ["lots"], "depths": [2, 3, 4]}, {}, "positive FLOP counts"),
+    ({"budgets": [1e15]}, {}, "exactly budgets"),
+    ({"budgets": [1e15], "depths": [2, 3, 4]}, {"num_iterations": 5}, "base sets num_iterations"),
+])
+def test_isoflop_spec_errors(isoflop, base, message):
+    with pytest.raises(PicochatError, match=message):
+        expand({"isoflop": isoflop, "base": base})
+
+
 def test_names_and_flags():
     assert run_name("wd", {"depth": 2, "weight_decay": 0.1}) == "wd-depth2-weight_decay0.1"
     assert config_flags({"weight_decay": 0.1, "compile": False, "wandb": True, "ratio": None}) == \

@@ -7,11 +7,12 @@ import pytest
 from picochat.cli import main
 from picochat.errors import PicochatError
 from picochat.hardware import peak_flops
-from picochat.model.accounting import scaling_params
+from picochat.model.accounting import flops_per_token, scaling_params
 from picochat.model.config import GPTConfig, ModelConfigError
 from picochat.scaling import (
     DEFAULT_LEARNING_RATES, ScalingConstants, fit_weight_decay_reference, learning_rates,
-    load_constants, make_plan, optimal_batch_tokens, target_tokens, weight_decay_for_width,
+    load_constants, make_plan, optimal_batch_tokens, reference_tokens, steps_for_flops, target_tokens,
+    weight_decay_for_width,
 )
 
 
@@ -77,6 +78,41 @@ def test_plan_schedule_and_overrides():
     assert short.num_steps == 30 and short.tokens == 30 * 2**16 and short.warmup_steps == 30
     assert short.learning_rates["matrix"] == pytest.approx(0.02 * math.sqrt(2**16 / 2**19))
     assert make_plan(12, ratio=21).target_tokens == target_tokens(plan.scaling_params, 21)
+
+
+def test_steps_for_a_flop_budget_round_to_the_nearest_step():
+    assert steps_for_flops(1e12, flops_per_token=1_000_000, tokens_per_step=1000) == 1000
+    assert steps_for_flops(1.4e9, 1_000_000, 1000) == 1 and steps_for_flops(1.6e9, 1_000_000, 1000) == 2
+    assert steps_for_flops(2.49e12, 1_000_000, 1000) == 2490
+    with pytest.raises(PicochatError, match="under half an optimizer step"):
+        steps_for_flops(0.4e9, 1_000_000, 1000)
+
+
+def test_target_flops_sets_the_horizon_the_arithmetic_says():
+    budget = 3e14
+    cfg = GPTConfig(depth=4, vocab_size=1000, max_seq_len=256)
+    plan = make_plan(4, vocab_size=1000, max_seq_len=256, total_batch_size=2**12, target_flops=budget)
+    assert plan.num_steps == round(budget / (flops_per_token(cfg) * 2**12))
+    assert abs(plan.total_flops - budget) <= 0.5 * flops_per_token(cfg) * 2**12
+    assert plan.target_tokens == int(budget / flops_per_token(cfg)) and plan.to_dict()["target_flops"] == budget
+    derived = make_plan(4, vocab_size=1000, max_seq_len=256, target_flops=budget)  # the batch law reads the budget's tokens
+    assert derived.total_batch_size == optimal_batch_tokens(
+        int(budget / flops_per_token(cfg)), reference_tokens(1000, ScalingConstants()))
+    assert derived.num_steps == round(budget / (flops_per_token(cfg) * derived.total_batch_size))
+    with pytest.raises(PicochatError, match="give one"):
+        make_plan(4, ratio=20, target_flops=budget)
+    with pytest.raises(PicochatError, match="drop num_iterations"):
+        make_plan(4, num_iterations=10, target_flops=budget)
+
+
+def test_plan_cli_target_flops(capsys):
+    assert main(["plan", "--depth", "4", "--max-seq-len", "512", "--head-dim", "64", "--total-batch-size", "8192",
+                 "--target-flops", "1e15", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["num_steps"] == round(1e15 / (data["flops_per_token"] * 8192))
+    assert data["target_flops"] == 1e15
+    assert main(["plan", "--depth", "4", "--target-flops", "1e15"]) == 0
+    assert "FLOP budget 1e+15" in capsys.readouterr().out
 
 
 def test_estimated_hours_follow_the_peak_table():
@@ -159,6 +195,9 @@ def test_plan_cli_json(capsys, tmp_path):
     (["--window-pattern", "SXL"], "window_pattern"),
     (["--gpu", "V100"], "V100"),
     (["--constants", "/nonexistent/c.json"], "c.json"),
+    (["--target-flops", "1e15", "--num-iterations", "5"], "--target-flops"),
+    (["--target-flops", "1e3"], "under half an optimizer step"),
+    (["--target-flops", "-1"], "target_flops must be a positive"),
 ])
 def test_plan_cli_refuses_bad_input(capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from picochat.errors import PicochatError
-from picochat.lab.fit import fit_sweep, fitted_constants, write_constants
+from picochat.lab.fit import fit_sweep, fitted_constants, isoflop_optima, write_constants
 from picochat.lab.ladder import run_ladder
 from picochat.lab.plots import power_law_plot
 from picochat.lab.report import compare_runs, format_comparison, report_card
@@ -42,9 +42,10 @@ def register(subparsers) -> None:
     compare.set_defaults(func=cmd_compare)
 
     sweep = subparsers.add_parser(
-        "sweep", help="run a grid, list or ladder of training runs from a YAML spec (resumable)",
-        description="Spec: base: {fields}, then grid: {field: [values]}, runs: [{fields}] or ladder: {rungs, "
-                    "baseline, candidates, promote_if}; optional name:, nproc:. Rerunning skips finished runs.")
+        "sweep", help="run a grid, list, isoFLOP set or ladder of training runs from a YAML spec (resumable)",
+        description="Spec: base: {fields}, then grid: {field: [values]}, runs: [{fields}], isoflop: {budgets: [FLOPs], "
+                    "depths: [3+ depths]} or ladder: {rungs, baseline, candidates, promote_if}; optional name:, nproc:. "
+                    "Rerunning skips finished runs.")
     sweep.add_argument("spec", help="the sweep's YAML file")
     sweep.add_argument("--trainer-cmd", default=None, help=argparse.SUPPRESS)  # tests: a fake trainer
     sweep.set_defaults(func=cmd_sweep)
@@ -130,9 +131,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
                            "compute frontier" if f.name == "loss_vs_compute" else "sweep optima")
     vocab = sweep_vocab_size(rows)
     constants = fitted_constants(fits, reference_tokens(vocab, ScalingConstants()) if vocab else None)
-    (out / "fits.json").write_text(json.dumps({"fits": [f.to_dict() for f in fits], "constants": constants}, indent=2) + "\n")
+    optima, isoflop_notes = isoflop_optima(rows)
+    isoflop = [o.to_dict() for o in optima]
+    record = {"fits": [f.to_dict() for f in fits], "isoflop": isoflop, "constants": constants}
+    (out / "fits.json").write_text(json.dumps(record, indent=2) + "\n")
     if args.json:
-        print(json.dumps({"fits": [f.to_dict() for f in fits], "constants": constants}, indent=2))
+        print(json.dumps(record, indent=2))
     else:
         for f in fits:
             if f.law:
@@ -142,6 +146,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
                       f"[{interval}], n={f.law.n}, r2={f.law.r2:.3f}")
             else:
                 print(f"{f.name}: {f.note}")
+        for o in isoflop:
+            print(f"isoFLOP {o['budget']:.3g} FLOPs: optimal depth ≈ {o['depth']:.1f}, {o['params']:.3g} params, "
+                  f"{o['tokens']:.3g} tokens, tokens:params {o['ratio']:.1f}, bpb {o['bpb']:.4f} (depths {o['depths']})")
+        for note in isoflop_notes:
+            print(f"isoFLOP {note}")
         print(f"constants: {json.dumps(constants)}\nwrote plots and fits.json in {out}")
     if args.write_constants:
         print(f"wrote {write_constants(constants, Path(args.write_constants))} (use: picochat plan --constants FILE)")

@@ -5,6 +5,11 @@ From a sweep's optima: batch vs training tokens (Cerebras, "Power Lines", arXiv 
 vs width (nanochat dev/LOG.md: b ≈ -2), loss vs compute (on the compute frontier), and the compute-optimal
 tokens:params ratio (nanochat dev/LOG.md: ≈ 10.5, Kaplan-style params). The constants they give are written
 with `ScalingConstants`' field names, so `picochat plan --constants FILE` reads them.
+
+From an isoFLOP sweep (`isoflop:` budgets × depths) each budget's bpb is fitted by a parabola in
+log params, whose minimum is that budget's compute-optimal size (Hoffmann et al., "Training
+Compute-Optimal Large Language Models", arXiv 2203.15556, approach 2); power laws across the
+budgets then give N_opt ∝ C^a and D_opt ∝ C^b.
 """
 from __future__ import annotations
 
@@ -185,8 +190,86 @@ def fit_ratio(rows: list[dict]) -> FitResult:
     return result
 
 
+# ---- isoFLOP parabolas -------------------------------------------------------------------------
+
+@dataclass
+class IsoFlopOptimum:
+    """The bottom of one budget's parabola: bpb = a·(ln N)² + b·ln N + c."""
+    budget: float  # FLOPs
+    params: float  # scaling params at the minimum
+    tokens: float  # tokens the budget buys at that size
+    depth: float  # interpolated between the depths tried
+    bpb: float  # the parabola's minimum
+    depths: list[int]
+
+    @property
+    def ratio(self) -> float:
+        return self.tokens / self.params
+
+    def to_dict(self) -> dict:
+        return {"budget": self.budget, "params": self.params, "tokens": self.tokens, "ratio": self.ratio,
+                "depth": self.depth, "bpb": self.bpb, "depths": self.depths}
+
+
+def budget_groups(rows: list[dict]) -> dict[float, list[dict]]:
+    """Finished runs by FLOP budget: the `target_flops` an isoFLOP sweep set, else iso_flop_groups
+    of measured FLOPs (keyed by their mean). Runs whose FLOPs do not match their shape are left out."""
+    done = [r for r in finished(rows) if r["summary"].get("flops") and scaling_params_of(r) > 0]
+    if any("target_flops" in r.get("overrides", {}) for r in done):
+        groups: dict[float, list[dict]] = {}
+        for r in done:
+            if "target_flops" in r.get("overrides", {}):
+                groups.setdefault(float(r["overrides"]["target_flops"]), []).append(r)
+        return groups
+    return {float(np.mean([r["summary"]["flops"] for r in g])): g for g in iso_flop_groups(done)}
+
+
+def parabola_optimum(budget: float, runs: list[dict]) -> IsoFlopOptimum | str:
+    """The budget's optimum, or why there is none: it needs 3+ depths, an upward parabola, and its
+    minimum inside the sizes tried (an edge minimum says the sweep should extend its depths)."""
+    runs = sorted(runs, key=scaling_params_of)
+    depths = [r["config"]["depth"] for r in runs]
+    if len(set(depths)) < 3:
+        return f"budget {budget:.3g}: {len(set(depths))} depth(s); a parabola needs 3+"
+    log_params = np.log([scaling_params_of(r) for r in runs])
+    a, b, c = np.polyfit(log_params, [r["summary"]["val_bpb"] for r in runs], 2)
+    if a <= 0:
+        return f"budget {budget:.3g}: bpb is not convex in log params (no minimum); add depths or seeds"
+    best = -b / (2 * a)
+    if not log_params[0] <= best <= log_params[-1]:
+        edge = "smallest" if best < log_params[0] else "largest"
+        return f"budget {budget:.3g}: the minimum lies beyond the {edge} depth tried; extend the depths"
+    # tokens ≈ budget / FLOPs-per-token, smooth in log params: read it off a line through the runs
+    log_tokens = np.polyval(np.polyfit(log_params, np.log([r["summary"]["tokens"] for r in runs]), 1), best)
+    return IsoFlopOptimum(budget, float(np.exp(best)), float(np.exp(log_tokens)),
+                          float(np.interp(best, log_params, depths)), float(c - b * b / (4 * a)), depths)
+
+
+def isoflop_optima(rows: list[dict]) -> tuple[list[IsoFlopOptimum], list[str]]:
+    """Every budget's optimum, smallest budget first, and a note for each budget without one."""
+    optima_, notes = [], []
+    for budget, runs in sorted(budget_groups(rows).items()):
+        result = parabola_optimum(budget, runs)
+        (optima_ if isinstance(result, IsoFlopOptimum) else notes).append(result)
+    return optima_, notes
+
+
+def fit_isoflop(rows: list[dict]) -> list[FitResult]:
+    """N_opt and D_opt against compute, from the isoFLOP parabolas (Chinchilla found both ∝ C^0.5)."""
+    best, notes = isoflop_optima(rows)
+    budgets = [o.budget for o in best]
+    needs = "an isoflop: sweep with 2+ budgets of 3+ depths, each with its minimum inside the depths tried"
+    fits = [fit_points("optimal_params_vs_compute", budgets, [o.params for o in best], "training FLOPs",
+                       "compute-optimal scaling params", needs),
+            fit_points("optimal_tokens_vs_compute", budgets, [o.tokens for o in best], "training FLOPs",
+                       "compute-optimal tokens", needs)]
+    for fit in fits:
+        fit.note = "; ".join(filter(None, [fit.note, *notes]))
+    return fits
+
+
 def fit_sweep(rows: list[dict]) -> list[FitResult]:
-    return [fit_batch(rows), fit_weight_decay(rows), fit_loss(rows), fit_ratio(rows)]
+    return [fit_batch(rows), fit_weight_decay(rows), fit_loss(rows), fit_ratio(rows), *fit_isoflop(rows)]
 
 
 def geometric_mean(values: list[float]) -> float:
@@ -198,7 +281,8 @@ def fitted_constants(fits: list[FitResult], reference_tokens: float | None = Non
 
     batch_exponent from the batch law, and reference_batch_tokens = the law at the reference
     tokens (a power of two, as the plan rounds); wd_ref = the weight-decay law at wd_width_ref;
-    ratio = the geometric mean of the compute-optimal ratios.
+    ratio = the geometric mean of the compute-optimal ratios: the isoFLOP parabolas' when the
+    sweep has them, else the best run of each iso-FLOP group's.
     """
     seed = ScalingConstants()
     by_name = {f.name: f for f in fits}
@@ -213,7 +297,10 @@ def fitted_constants(fits: list[FitResult], reference_tokens: float | None = Non
         constants["wd_ref"] = float(wd.law.predict(seed.wd_width_ref))
         constants["wd_width_ref"] = seed.wd_width_ref
     ratio = by_name.get("ratio_vs_compute")
-    if ratio and ratio.y:
+    params, tokens = by_name.get("optimal_params_vs_compute"), by_name.get("optimal_tokens_vs_compute")
+    if params and tokens and params.y:
+        constants["ratio"] = geometric_mean([d / n for d, n in zip(tokens.y, params.y)])
+    elif ratio and ratio.y:
         constants["ratio"] = geometric_mean(ratio.y)
     return constants
 

@@ -1,10 +1,11 @@
 """`picochat sweep SPEC.yaml`: a grid or list of training runs, one after another, resumable.
 
 A spec is YAML: `base:` (TrainConfig fields every run shares), then `grid:` (field -> list of
-values; every combination runs) or `runs:` (a list of field overrides), optionally `name:` and
-`nproc:` (processes per run under torchrun). A `ladder:` spec runs the seed's protocol instead
-(picochat/lab/ladder.py). Each run is `python -m picochat train ...` in a subprocess; the sweep
-directory's `results.jsonl` records every finished run, so a rerun skips them.
+values; every combination runs), `runs:` (a list of field overrides) or `isoflop:` (budgets ×
+depths: every depth trained to each FLOP budget, for `picochat fit`'s isoFLOP parabolas),
+optionally `name:` and `nproc:` (processes per run under torchrun). A `ladder:` spec runs the
+seed's protocol instead (picochat/lab/ladder.py). Each run is `python -m picochat train ...` in a
+subprocess; the sweep directory's `results.jsonl` records every finished run, so a rerun skips them.
 """
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ from picochat.train.config import TrainConfig
 
 RESULTS_FILE = "results.jsonl"
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-SPEC_KEYS = {"name", "base", "grid", "runs", "nproc", "ladder"}
+SPEC_KEYS = {"name", "base", "grid", "runs", "isoflop", "nproc", "ladder"}
+MODES = ("grid", "runs", "isoflop", "ladder")
+# The isoFLOP mode sets these per run; a base that also set them would fight it.
+ISOFLOP_FIELDS = ("target_flops", "depth", "num_iterations", "ratio")
 INTERRUPTED_CODES = {130, -2, -15}  # SIGINT / SIGTERM: the trainer saved and stopped; rerun resumes it
 
 
@@ -50,12 +54,12 @@ def load_spec(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise PicochatError(f"sweep spec {path} is not valid YAML: {e}") from None
     if not isinstance(spec, dict):
-        raise PicochatError(f"sweep spec {path} must be a mapping with base: and grid:, runs: or ladder:")
+        raise PicochatError(f"sweep spec {path} must be a mapping with base: and grid:, runs:, isoflop: or ladder:")
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise PicochatError(f"sweep spec {path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}")
-    if sum(k in spec for k in ("grid", "runs", "ladder")) != 1:
-        raise PicochatError(f"sweep spec {path} needs exactly one of grid:, runs: or ladder:")
+    if sum(k in spec for k in MODES) != 1:
+        raise PicochatError(f"sweep spec {path} needs exactly one of grid:, runs:, isoflop: or ladder:")
     spec.setdefault("name", path.stem)
     spec.setdefault("base", {})
     spec.setdefault("nproc", 1)
@@ -76,7 +80,9 @@ def check_fields(overrides: dict, where: str) -> None:
 
 
 def expand(spec: dict) -> list[dict]:
-    """The overrides of each run: every combination of `grid`, or the `runs` list."""
+    """The overrides of each run: every combination of `grid`, the `runs` list, or the isoFLOP pairs."""
+    if "isoflop" in spec:
+        return isoflop_runs(spec["isoflop"], spec["base"])
     if "grid" in spec:
         grid = spec["grid"]
         check_fields(grid, "grid")
@@ -92,14 +98,47 @@ def expand(spec: dict) -> list[dict]:
     return [dict(r) for r in runs]
 
 
+def isoflop_runs(isoflop: dict, base: dict) -> list[dict]:
+    """`isoflop: {budgets: [F, ...], depths: [d, ...]}` -> {target_flops: F, depth: d} for every pair,
+    budget by budget. Each budget needs 3+ depths: the fit is a parabola through them."""
+    if not isinstance(isoflop, dict) or set(isoflop) != {"budgets", "depths"}:
+        raise PicochatError("isoflop: needs exactly budgets: [FLOPs, ...] and depths: [3+ depths], "
+                            "e.g. {budgets: [1.0e14, 3.0e14], depths: [2, 3, 4, 6]}")
+    clash = sorted(set(base) & set(ISOFLOP_FIELDS))
+    if clash:
+        raise PicochatError(f"isoflop: base sets {', '.join(clash)}, which the isoFLOP mode sets per run; remove it from base:")
+    budgets, depths = isoflop["budgets"], isoflop["depths"]
+    if not isinstance(budgets, list) or not budgets or not all(positive_number(b) for b in budgets):
+        raise PicochatError(f"isoflop budgets: must be a non-empty list of positive FLOP counts, got {budgets!r}")
+    if (not isinstance(depths, list) or len(set(depths)) < 3
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in depths)):
+        raise PicochatError(f"isoflop depths: must list 3+ distinct positive integers (a parabola needs three), got {depths!r}")
+    return [{"target_flops": float(budget), "depth": depth} for budget in budgets for depth in depths]
+
+
+def positive_number(value) -> bool:
+    """A positive number, or a string of one: YAML 1.1 reads 1e15 (no dot) as a string."""
+    try:
+        return not isinstance(value, bool) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def run_name(prefix: str, overrides: dict) -> str:
     """A readable plain name (picochat/names.py): prefix-weight_decay0.1-depth2; an overlong one is cut and
     ends in a hash of the whole, so two grid points never share a run."""
-    parts = [prefix] + [f"{key}{value}" for key, value in overrides.items()]
+    parts = [prefix] + [f"{key}{short_value(value)}" for key, value in overrides.items()]
     name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join(parts)))
     if len(name) > PLAIN_NAME_MAX:
         name = name[:PLAIN_NAME_MAX - 9] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
     return name
+
+
+def short_value(value) -> str:
+    """A float in its shortest exact form (1e+15, not 1000000000000000.0); anything else as str()."""
+    if isinstance(value, float) and float(short := format(value, ".12g")) == value:
+        return short
+    return str(value)
 
 
 def config_flags(config: dict) -> list[str]:

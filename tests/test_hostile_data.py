@@ -19,6 +19,8 @@ from picochat.data.importer import DatasetImportError, ImportConfig, import_data
 from picochat.data.loader import LoaderConfigError, PackedLoader
 from picochat.data.shards import ShardWriter, write_manifest
 from picochat.data.sources import SourceFormatError
+from picochat.errors import PicochatError
+from picochat.eval.bpb import split_stream_within
 from picochat.names import BadNameError
 from picochat.runtime import datasets_dir
 from picochat.tokenizer import Tokenizer
@@ -190,3 +192,5 @@ def test_an_empty_val_split_is_named_as_such_not_as_too_few_row_groups():
     tokenizer = Tokenizer("bytes", {bytes([i]): i for i in range(256)})
     with pytest.raises(LoaderConfigError, match="no val documents"):
         PackedLoader(open_dataset("noval"), tokenizer, "val", 2, 16)
+    with pytest.raises(PicochatError, match="no val documents"):  # the evaluator scores a small split whole
+        split_stream_within(open_dataset("noval"), tokenizer, "val", budget=1000)

@@ -1,11 +1,11 @@
 """BOS-aligned packing of tokenised documents into rows of exactly `row_len` tokens.
 
 Every document arrives tokenised as [BOS] + tokens, and every row starts at a document's
-BOS, so no row begins mid-document (seed §6). No padding: when nothing fits the space left
+BOS, so no row begins mid-document. No padding: when nothing fits the space left
 in a row, a document is cropped to fill it exactly and its remainder is discarded.
 
-- best fit (nanochat's loader, facts "Loader"): from a buffer of up to `buffer_docs`
-  documents, put the largest document that still fits the space left; when none fits, crop
+- best fit (nanochat's loader, github.com/karpathy/nanochat): from a buffer of up to
+  `buffer_docs` documents, put the largest document that still fits the space left; when none fits, crop
   the shortest buffered document (the least waste) to fill the row.
 - greedy: documents in stream order, cropping whichever one crosses the row's end.
 

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from picochat.data.loader import PackedLoader
+from picochat.errors import PicochatError
 
 
 def bits_per_byte(total_nats: float, total_bytes: float) -> float:
@@ -77,6 +78,9 @@ def split_stream_within(dataset, tokenizer, split: str, budget: int) -> np.ndarr
         total += len(parts[-1])
         if total > budget + 1:
             return None
+    if not parts:
+        raise PicochatError(f"dataset {dataset.name!r} has no {split} documents; rebuild it from at least 2 "
+                            f"documents so that each split gets one, or use another dataset")
     return np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=total)
 
 

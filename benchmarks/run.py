@@ -5,7 +5,8 @@
 
 Measures training tokens/s and MFU per depth (forward + backward, bench_model.py), loader tokens/s
 (bench_loader.py), tokenizer encode MB/s (bench_tokenizer.py), decode tokens/s with the KV cache
-(bench_decode.py) and CORE examples/s (bench_core.py's set-up; skipped without the shared bundle).
+(bench_decode.py), batched decoding, bandwidth utilisation and the server under load (bench_infer.py;
+the load test only without --quick) and CORE examples/s (bench_core.py's set-up; skipped without the shared bundle).
 Data: the built-in pystdlib corpus and a 4,096-token BPE trained on it, in a temporary
 $PICOCHAT_HOME unless one is set. Never part of CI: it times the machine, it tests nothing.
 """
@@ -25,6 +26,7 @@ from types import SimpleNamespace
 import torch
 
 import bench_decode
+import bench_infer
 import bench_loader
 import bench_model
 import bench_tokenizer
@@ -107,6 +109,26 @@ def decode_row(device: torch.device, quick: bool) -> tuple[str, str, str]:
             f"{result['speedup']}x over no cache; prompt 64, {args.new_tokens} new tokens")
 
 
+def infer_rows(device: torch.device, quick: bool) -> list[tuple[str, str, str]]:
+    """Batched decoding of a random d4 (bench_infer.py) and, without --quick, its server under 32 clients."""
+    args = SimpleNamespace(run=None, depth=4, context=1024)
+    engine = bench_infer.load(args, device)
+    peak = (bench_infer.peak_bandwidth(device_name(device)) if device.type == "cuda"
+            else bench_infer.copy_bandwidth(device))
+    rows = []
+    for batch in (1, 8, 32) if quick else (1, 8, 32, 128):
+        result = bench_infer.decode(engine, batch, 64, 4 if quick else 16)
+        rows.append((f"decode d4 batch {batch} (continuous batching)", f"{result['tok_s']:,} tok/s",
+                     f"step {result['step_ms']} ms, {result['achieved_GB_s']} GB/s = "
+                     f"{100 * result['achieved_GB_s'] * 1e9 / peak:.1f}% of {peak / 1e9:.1f} GB/s"))
+    if not quick:
+        batched, unbatched = (bench_infer.load_test(engine, 32, 60, max_batch, 32, 64) for max_batch in (32, 1))
+        rows.append(("server d4, 32 streaming clients, 60 s", f"{batched['tok_s']:,} tok/s",
+                     f"{batched['tok_s'] / unbatched['tok_s']:.1f}x --max-batch 1 ({unbatched['tok_s']:,} tok/s); "
+                     f"TTFT p50 {batched['ttft_p50_s']} s, latency p99 {batched['latency_p99_s']} s"))
+    return rows
+
+
 def core_row(device: torch.device, tokenizer, quick: bool) -> tuple[str, str, str]:
     if not (SHARED_BUNDLE / "core.yaml").is_file():
         return ("CORE (d4, random init)", "skipped", f"no bundle at {SHARED_BUNDLE}")
@@ -161,7 +183,7 @@ def main() -> None:
     rows = training_rows(depths, device, args.quick)
     dataset, tokenizer = bench_data(args.quick)
     rows += [loader_row(dataset, tokenizer, args.quick), tokenizer_row(dataset, tokenizer, args.quick),
-             decode_row(device, args.quick), core_row(device, tokenizer, args.quick)]
+             decode_row(device, args.quick), *infer_rows(device, args.quick), core_row(device, tokenizer, args.quick)]
     print(format_table(rows))
     if not args.no_write:
         write_results(meta, rows)

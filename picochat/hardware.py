@@ -1,4 +1,5 @@
-"""Peak dense matmul throughput per accelerator, for MFU and time estimates (no torch needed).
+"""Peak dense matmul throughput and memory bandwidth per accelerator, for MFU, time estimates and the
+bandwidth utilisation of decoding (no torch needed).
 
 Figures are the vendors' dense (no sparsity) tensor-core peaks, as collected in the facts
 file (Optimizer section): MFU is reported against the bf16 peak, also when training in fp8.
@@ -14,20 +15,23 @@ from picochat.errors import PicochatError
 class Accelerator:
     bf16_flops: float
     fp8: bool  # Hopper, Ada and Blackwell have fp8 tensor cores at twice the bf16 rate
+    bandwidth: float  # datasheet peak memory bandwidth, bytes/s (HBM or GDDR)
 
 
 # Matched as substrings of torch.cuda.get_device_name(), first match wins: the specific
 # variants ("H100 NVL", "H100 PCIe", "L40S") come before the names they contain.
+# Bandwidths from the NVIDIA datasheets; A100 is the 80 GB SXM part (the 40 GB one has 1.56 TB/s), GH200 the
+# 96 GB HBM3 one (the 144 GB HBM3e one has 4.9 TB/s).
 PEAK_FLOPS: dict[str, Accelerator] = {
-    "H100 NVL": Accelerator(835e12, fp8=True),
-    "H100 PCIe": Accelerator(756e12, fp8=True),
-    "H100": Accelerator(989e12, fp8=True),  # SXM
-    "H200": Accelerator(989e12, fp8=True),
-    "GH200": Accelerator(989e12, fp8=True),
-    "B200": Accelerator(2.25e15, fp8=True),
-    "A100": Accelerator(312e12, fp8=False),
-    "L40S": Accelerator(362e12, fp8=True),
-    "L4": Accelerator(121e12, fp8=True),
+    "H100 NVL": Accelerator(835e12, fp8=True, bandwidth=3.9e12),
+    "H100 PCIe": Accelerator(756e12, fp8=True, bandwidth=2.0e12),
+    "H100": Accelerator(989e12, fp8=True, bandwidth=3.35e12),  # SXM
+    "H200": Accelerator(989e12, fp8=True, bandwidth=4.8e12),
+    "GH200": Accelerator(989e12, fp8=True, bandwidth=4.0e12),
+    "B200": Accelerator(2.25e15, fp8=True, bandwidth=8.0e12),
+    "A100": Accelerator(312e12, fp8=False, bandwidth=2.039e12),
+    "L40S": Accelerator(362e12, fp8=True, bandwidth=864e9),
+    "L4": Accelerator(121e12, fp8=True, bandwidth=300e9),
 }
 
 # Relative to bf16: fp16 tensor cores run at the bf16 rate; fp32 matmuls run as TF32 at half of it
@@ -57,3 +61,9 @@ def peak_flops(device_name: str, dtype="bfloat16") -> float | None:
     if DTYPE_FACTOR[dtype_name] == 2.0 and not accelerator.fp8:
         raise PicochatError(f"{device_name} ({key}) has no fp8 tensor cores; use bfloat16")
     return accelerator.bf16_flops * DTYPE_FACTOR[dtype_name]
+
+
+def peak_bandwidth(device_name: str) -> float | None:
+    """Datasheet peak memory bandwidth (bytes/s) of one device; None for a device not in the table."""
+    found = find_accelerator(device_name)
+    return None if found is None else found[1].bandwidth

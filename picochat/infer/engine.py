@@ -106,12 +106,16 @@ class Engine:
         cache = KVCache(self.model.config, 1, len(prompt), self.device, self.model.compute_dtype)
         return self.model(torch.tensor([prompt], device=self.device), kv_cache=cache)[:, -1], cache
 
-    def next_tokens(self, request: Request, logits: torch.Tensor) -> list[int | None]:
-        """Each of the request's rows' next token from its logits [rows, V]: forced, sampled, or None once done;
-        the rows' states advance with it."""
+    def next_tokens(self, request: Request, logits: torch.Tensor, greedy: list[int]) -> list[int | None]:
+        """Each of the request's rows' next token: forced, sampled from the batch's logits [A, V] (the argmax of
+        each row already in `greedy`), or None once done; the rows' states advance with it."""
         rows, params = request.rows, request.params
         to_sample = [r for r, row in enumerate(rows) if not row.finish_reason and not row.forced]
-        sampled = sample_rows(logits, request.generators, to_sample, params.temperature, params.top_k, params.top_p)
+        if params.temperature == 0:
+            sampled = {r: greedy[request.cache_rows[r]] for r in to_sample}
+        else:
+            sampled = sample_rows(logits[request.cache_rows], request.generators, to_sample, params.temperature,
+                                  params.top_k, params.top_p)
         tokens = [None if row.finish_reason else row.forced.popleft() if row.forced else sampled[r]
                   for r, row in enumerate(rows)]
         for row, token in zip(rows, tokens):
@@ -198,8 +202,8 @@ class Batch:
     @torch.no_grad()
     def step(self) -> list[tuple[Request, list[int | None]]]:
         """Every request's next tokens (None for its finished rows); requests that have finished leave."""
-        outputs = [(request, self.engine.next_tokens(request, self.logits[request.cache_rows]))
-                   for request in self.requests]
+        greedy = self.logits.argmax(dim=-1).tolist()  # one pass for every row; sampling rows ignore it
+        outputs = [(request, self.engine.next_tokens(request, self.logits, greedy)) for request in self.requests]
         self.remove([request for request, _ in outputs if request.done])
         if self.slots:
             fed = [request.rows[request.cache_rows.index(i)].tokens[-1] for i, request in enumerate(self.slots)]

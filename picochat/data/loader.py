@@ -10,7 +10,8 @@ never matters: the consumer takes them in order, so the batches are a pure funct
 
 Two bounds keep a small or odd dataset from stalling training. The best-fit buffer holds at most
 the documents of one pass over the rank's row groups (a smaller dataset than `buffer_docs` would
-otherwise be read and tokenised again and again to fill it). And a document is tokenised only up
+otherwise be read and tokenised again and again to fill it), and such a small split is read and
+tokenised once, then kept. And a document is tokenised only up
 to `max_doc_chars` characters: text that long is longer than any row in tokens, so it is cropped
 anyway, and the rest, however long (a 50 MB document), would be tokenised only to be discarded.
 
@@ -105,12 +106,18 @@ def tokenize_documents(tokenizer, texts: list[str], max_chars: int | None = None
     return [flat[end - n:end] for n, end in zip(lengths, ends)]
 
 
-def tokenized_row_groups(dataset, tokenizer, split: str, row_groups: list[tuple[int, int]],
-                         epoch: int, position: int, max_chars: int) -> Iterator[TokenizedRowGroup]:
-    """This rank's row groups, tokenised, in order from (epoch, position), forever."""
+def tokenized_row_groups(dataset, tokenizer, split: str, row_groups: list[tuple[int, int]], epoch: int,
+                         position: int, max_chars: int, remember: bool = False) -> Iterator[TokenizedRowGroup]:
+    """This rank's row groups, tokenised, in order from (epoch, position), forever. With `remember` (a split
+    no bigger than the buffer) each row group is read and tokenised once, not once per pass."""
+    remembered: dict[tuple[int, int], list[np.ndarray]] = {}
     while True:
         shard, row_group = row_groups[position]
-        docs = tokenize_documents(tokenizer, dataset.read_row_group(split, shard, row_group), max_chars)
+        docs = remembered.get((shard, row_group))
+        if docs is None:
+            docs = tokenize_documents(tokenizer, dataset.read_row_group(split, shard, row_group), max_chars)
+            if remember:
+                remembered[shard, row_group] = docs
         yield TokenizedRowGroup(epoch, position, shard, row_group, docs)
         epoch, position = next_position(epoch, position, len(row_groups))
 
@@ -222,6 +229,7 @@ class PackedLoader:
                       f"buffer of {pass_docs}")
         # best fit tops the buffer up before every pick (as nanochat does); greedy needs only the next doc
         self._min_buffered = min(buffer_docs, pass_docs) if mode == "bestfit" else 1
+        self._small_split = pass_docs <= buffer_docs  # held in memory once read: see tokenized_row_groups
         self.max_doc_chars = max_doc_chars(tokenizer, self.row_len)
         self._state = self._initial_state(state, rank, world_size)
         self._buffer = new_buffer(mode)
@@ -259,7 +267,8 @@ class PackedLoader:
     def _next_row_group(self) -> TokenizedRowGroup:
         if self._source is None:
             source = tokenized_row_groups(self.dataset, self.tokenizer, self.split, self._row_groups,
-                                          self._state.epoch, self._state.position, self.max_doc_chars)
+                                          self._state.epoch, self._state.position, self.max_doc_chars,
+                                          remember=self._small_split)
             self._source = Prefetcher(source, PREFETCH_ROW_GROUPS) if self.background else source
         return self._source.get() if self.background else next(self._source)
 

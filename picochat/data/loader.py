@@ -9,11 +9,13 @@ never matters: the consumer takes them in order, so the batches are a pure funct
 (dataset, tokenizer, split, batch_size, seq_len, rank, world_size, mode, buffer_docs, state).
 
 Two bounds keep a small or odd dataset from stalling training. The best-fit buffer holds at most
-the documents of one pass over the rank's row groups (a smaller dataset than `buffer_docs` would
-otherwise be read and tokenised again and again to fill it), and such a small split is read and
-tokenised once, then kept. And a document is tokenised only up
-to `max_doc_chars` characters: text that long is longer than any row in tokens, so it is cropped
-anyway, and the rest, however long (a 50 MB document), would be tokenised only to be discarded.
+the documents of one pass over the rank's row groups: a split smaller than `buffer_docs` would
+otherwise be read and tokenised again and again to fill it; such a split is read and tokenised
+once and kept (no more memory than the buffer it stands in for). And a document is tokenised
+only up to `max_doc_chars` characters: text that long is longer than any row in tokens, so it is
+cropped anyway, and the rest, however long (a 50 MB document), would be tokenised only to be
+discarded. (Such a document counts by its tokenised part, both in the crop statistics and when
+best fit picks the shortest document to crop.)
 
 Resume state (`LoaderState`, what `state_dict()` returns) is the consumer's view, never the
 prefetcher's, so it is exact:

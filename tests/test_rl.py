@@ -11,7 +11,8 @@ from picochat.post.config import RLConfig, SFTConfig
 from picochat.post.policy_gradient import advantages, collate, pg_examples, policy_gradient_loss, sampled_mask
 from picochat.post.rl import rl
 from picochat.post.sft import sft
-from post_helpers import base_home  # noqa: F401  (a module-scoped fixture)
+from picochat.train.metrics import read_metrics
+from post_helpers import base_home, losses, run_killed_at  # noqa: F401  (base_home: a module-scoped fixture)
 
 OUT_START, OUT_END = 100, 101
 
@@ -48,14 +49,20 @@ def test_a_step_on_the_pg_loss_makes_good_samples_likelier_and_bad_ones_rarer():
     assert after[0, 1] < before[0, 1] and after[1, 1] > before[1, 1]  # nats: lower = likelier
 
 
-@pytest.mark.slow
-def test_rl_on_arithmetic_raises_mean_reward(base_home, tmp_path):
+@pytest.fixture(scope="module")
+def add_sft(base_home, tmp_path_factory):
+    """Run `add-sft`: the base briefly finetuned on additions, so RL has some reward to start from."""
     torch.set_num_threads(2)
-    mixture = tmp_path / "add.yaml"
+    mixture = tmp_path_factory.mktemp("mixture") / "add.yaml"
     mixture.write_text("name: add\nsources:\n  - {source: arithmetic, args: {count: 3000, ops: '+'}}\n")
     sft(SFTConfig(from_run="base", run="add-sft", mixture=str(mixture), num_iterations=40, max_seq_len=48,
                   device_batch_size=8, total_batch_size=384, lr_scale=1.0, eval_every=0, val_conversations=0,
                   chat_eval=False, device="cpu", seed=1))
+    return "add-sft"
+
+
+@pytest.mark.slow
+def test_rl_on_arithmetic_raises_mean_reward(base_home, add_sft):
     # The same 12 problems every step, so a step's mean reward moves with the policy, not with the draw.
     result = rl(RLConfig(from_run="add-sft", run="add-rl", task="arithmetic", num_iterations=8, problems_per_step=12,
                          max_problems=12, samples_per_problem=8, max_new_tokens=24, lr_scale=0.5,
@@ -65,3 +72,25 @@ def test_rl_on_arithmetic_raises_mean_reward(base_home, tmp_path):
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.03, rewards
     records = [json.loads(line) for line in (base_home / "runs" / "add-rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 9)) and "pass@8" in records[0]
+
+
+def short_rl_args(run: str) -> list[str]:
+    return ["rl", "--from", "add-sft", "--run", run, "--task", "arithmetic", "--num-iterations", "4",
+            "--problems-per-step", "4", "--samples-per-problem", "8", "--max-new-tokens", "24", "--lr-scale", "0.5",
+            "--device-batch-size", "16", "--save-every", "2", "--eval-problems", "4", "--eval-every", "2",
+            "--device", "cpu", "--dtype", "float32", "--seed", "0"]
+
+
+@pytest.mark.slow
+def test_rl_killed_mid_run_resumes_to_the_same_losses(base_home, add_sft):
+    from picochat.cli import main
+    assert main(short_rl_args("rl-whole")) == 0
+    whole = losses(base_home, "rl-whole")
+    assert any(loss != 0.0 for loss in whole), whole  # some advantage to learn from, or the check is empty
+    killed = run_killed_at(3, base_home, short_rl_args("rl-killed"))
+    assert killed.returncode == -9 and len(losses(base_home, "rl-killed")) == 2, killed.stderr[-2000:]
+    assert main(["rl", "--run", "rl-killed", "--resume"]) == 0
+    assert losses(base_home, "rl-killed") == whole
+    records = read_metrics(base_home / "runs" / "rl-whole" / "metrics.jsonl")
+    assert [r["step"] for r in records if "heldout_pass@k" in r] == [2, 4]
+    assert all(r["flops"] > 0 and r["mfu"] > 0 for r in records)  # sampling and training FLOPs counted

@@ -6,14 +6,8 @@ import json
 import pytest
 
 from picochat.cli import main
-from picochat.lab.report import Page, gpu_hours
+from picochat.lab.report import Page, device_hours
 from test_lab_runs import make_run
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
-    return tmp_path
 
 
 def test_page_renders_the_same_blocks_in_markdown_and_html(tmp_path):
@@ -26,14 +20,14 @@ def test_page_renders_the_same_blocks_in_markdown_and_html(tmp_path):
     assert "<td>&lt;x&gt;</td>" in html.read_text() and "<img src='p.png'" in html.read_text()
 
 
-def test_gpu_hours_count_every_process():
-    assert gpu_hours({"time": 1800.0, "world_size": 8}) == pytest.approx(4.0)
-    assert gpu_hours({"time": None, "world_size": 1}) is None
+def test_device_hours_count_every_process():
+    assert device_hours({"time": 1800.0, "world_size": 8}) == pytest.approx(4.0)
+    assert device_hours({"time": None, "world_size": 1}) is None
 
 
 @pytest.mark.slow
 def test_report_card_with_every_stage(home, capsys):
-    path = make_run("full", seconds_per_step=36.0, env={"world_size": 2})
+    path = make_run("full", seconds_per_step=36.0, env={"world_size": 2, "device": "cuda:0", "device_name": "H100"})
     (path / "core.json").write_text(json.dumps({"core": 0.05, "missing": ["squad"],
                                                 "tasks": {"hellaswag": {"accuracy": 0.3, "centered": 0.07, "examples": 10}}}))
     (path / "chat_eval.json").write_text(json.dumps({"gsm8k": 0.02}))
@@ -61,3 +55,21 @@ def test_report_card_tolerates_missing_stages(home):
     md = (path / "report" / "report.md").read_text()
     assert "no manifest found" in md and "no meta.json found" in md and "CORE: not evaluated" in md
     assert "no metrics.jsonl" in md and "no training time recorded" in md
+
+
+@pytest.mark.slow
+def test_a_post_trained_runs_card_shows_its_base_data_chat_evals_and_cpu_hours(home):
+    from picochat.checkpoint import save_checkpoint
+    path = make_run("chat", config={"dataset": None, "tokenizer": None, "from_run": "base"},
+                    extra={"chatcore": 0.1})
+    save_checkpoint(path, 10, {}, {}, {"dataset": "toy", "tokenizer": "toy-tok", "stage": "sft",
+                                        "from_run": "runs/base/checkpoints/step_000100"})
+    (path / "chat_eval.json").write_text(json.dumps({"tasks": {"gsm8k": {"accuracy": 0.25, "centered": 0.25,
+                                                                         "total": 8}}, "chatcore": 0.25}))
+    assert main(["report", "chat"]) == 0
+    md = (path / "report" / "report.md").read_text()
+    for expected in ("dataset 'toy': no manifest found", "tokenizer 'toy-tok': no meta.json found",
+                     "sft-trained from runs/base", "| gsm8k | 0.2500 | 0.2500 | 8 |", "| ChatCORE |  | 0.2500 |  |",
+                     "CPU-hours", "![chatcore vs step](chatcore_vs_step.png)"):
+        assert expected in md, expected
+    assert "GPU-hours" not in md and "None" not in md.split("## Provenance")[0]

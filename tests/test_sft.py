@@ -204,3 +204,18 @@ def test_sft_dtype_is_set_before_the_model_is_built(base_home, tmp_path, monkeyp
     assert built == [torch.float16] and result["step"] == 1
     model, _, meta = load_model_from_run("sft-fp16", init_runtime("cpu"))
     assert meta["run_config"]["dtype"] == "float16" and meta["dataset"] == "none" and meta["tokenizer"] == "tiny"
+
+
+@pytest.mark.slow
+def test_eval_bpb_scores_a_post_trained_run_on_a_named_dataset(base_home, tmp_path, capsys):
+    from picochat.cli import main
+    from picochat.data.importer import ImportConfig, import_dataset
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"Spell the word: {w} " + "-".join(w)}
+                                                 for w in pseudo_words(60, 7)])
+    import_dataset([docs], "spelled", ImportConfig(format="jsonl", val_fraction=0.5, docs_per_row_group=8))
+    assert main(short_sft_args(spelling_mixture(tmp_path, 50), "sft-bpb")[:-6] + ["--num-iterations", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "bpb", "--run", "sft-bpb", "--dataset", "spelled", "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["dataset"] == "spelled" and result["whole_split"] and 0 < result["bpb"] < 20
+    assert 0 < result["tokens"] < 2**20  # the small val split once, not cycled to fill the budget

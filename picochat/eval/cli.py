@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -12,9 +11,8 @@ import torch.distributed as dist
 from picochat.checkpoint import CHECKPOINTS, load_model_from_run, resolve_checkpoint
 from picochat.config import add_config_args, config_from_args
 from picochat.data.dataset import open_dataset
-from picochat.data.loader import PackedLoader
 from picochat.errors import PicochatError
-from picochat.eval.bpb import evaluate_bpb
+from picochat.eval.bpb import SplitBpb
 from picochat.eval.chat_cli import register_chat
 from picochat.eval.config import BpbEvalConfig, CoreEvalConfig
 from picochat.eval.core import evaluate_core, format_core_table, write_core_results
@@ -27,7 +25,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a trained run: bits per byte, CORE",
                                    description="Evaluate a run's latest (or --step) checkpoint.")
     stages = parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
-    bpb = stages.add_parser("bpb", help="bits per byte on the run's dataset (tokenizer-independent loss)",
+    bpb = stages.add_parser("bpb", help="bits per byte on the run's (or --dataset's) split (tokenizer-independent loss)",
                             description="Summed loss over a token budget / (ln 2 x UTF-8 bytes of the targets).")
     add_config_args(bpb, BpbEvalConfig)
     bpb.set_defaults(func=run_bpb)
@@ -55,23 +53,27 @@ def run_bpb(args: argparse.Namespace) -> int:
     runtime = init_runtime(cfg.device)
     try:
         model, tokenizer, meta = load_model_from_run(cfg.run, runtime, cfg.step)
-        seq_len = meta["model_config"]["max_seq_len"]
-        batch_size = cfg.batch_size or meta["run_config"].get("device_batch_size", 8)
-        steps = max(1, cfg.tokens // (batch_size * seq_len * runtime.world_size))
-        loader = PackedLoader(open_dataset(meta["dataset"]), tokenizer, cfg.split, batch_size, seq_len,
-                              rank=runtime.rank, world_size=runtime.world_size, device=runtime.device)
-        try:
-            bpb = evaluate_bpb(model, itertools.islice(loader, steps), tokenizer.token_bytes())
-        finally:
-            loader.close()
+        dataset = dataset_of(cfg, meta)
+        batch_size = cfg.batch_size or meta["run_config"].get("device_batch_size") or 8
+        result = SplitBpb(open_dataset(dataset), tokenizer, cfg.split, batch_size, meta["model_config"]["max_seq_len"],
+                          cfg.tokens, runtime.rank, runtime.world_size, runtime.device)(model)
     finally:
         shutdown_runtime()
-    tokens = steps * batch_size * seq_len * runtime.world_size
     if cfg.json:
-        print0(json.dumps({"bpb": bpb, "tokens": tokens, "split": cfg.split}))
+        print0(json.dumps({"bpb": result.bpb, "tokens": result.tokens, "whole_split": result.whole_split,
+                           "split": cfg.split, "dataset": dataset}))
     else:
-        print0(f"{cfg.run}: {cfg.split} bpb {bpb:.4f} over {tokens:,} tokens")
+        print0(f"{cfg.run}: {dataset} {cfg.split} bpb {result.bpb:.4f} over {result.describe(cfg.split)}")
     return 0
+
+
+def dataset_of(cfg: BpbEvalConfig, meta: dict) -> str:
+    """--dataset, else the dataset the run (or, post-trained, its base run) was trained on."""
+    dataset = cfg.dataset or meta.get("dataset") or (meta.get("train_config") or {}).get("dataset")
+    if not dataset:
+        raise PicochatError(f"run {cfg.run!r} does not record its dataset; name one with --dataset NAME "
+                            f"(see `picochat data list`)")
+    return dataset
 
 
 def bundle_directory(cfg: CoreEvalConfig) -> Path:

@@ -12,6 +12,8 @@ from picochat.eval.core import DEFAULT_BATCH_TOKENS
 class BpbEvalConfig:
     run: str = field(default="", metadata=field_help("run name under $PICOCHAT_HOME/runs (or a run/checkpoint path)"))
     step: int | None = field(default=None, metadata=field_help("checkpoint step; derived: the latest"))
+    dataset: str | None = field(default=None, metadata=field_help("dataset to measure on, with the run's tokenizer; "
+                                                               "derived: the run's (a post-trained run's base's)"))
     split: str = field(default="val", metadata=field_help("dataset split to measure", choices=["val", "train"]))
     tokens: int = field(default=2**20, metadata=field_help("token budget over all ranks"))
     batch_size: int | None = field(default=None, metadata=field_help("sequences per forward; derived: the run's"))

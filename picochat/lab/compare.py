@@ -15,8 +15,11 @@ from picochat.lab.runs import Run, summarize
 AXES = {"step": "steps", "flops": "FLOPs", "time": "wall-clock seconds"}
 GRID_POINTS = 50
 # Fields that do not change what a run learns: repeats differ only in these (and the seed).
-NOT_THE_EXPERIMENT = ("run", "seed", "resume", "wandb", "log_every", "sample_every", "save_every",
-                      "keep_checkpoints", "device_batch_size", "compile", "device")
+NOT_THE_EXPERIMENT = ("run", "seed", "resume", "force", "wandb", "log_every", "sample_every", "save_every",
+                      "keep_checkpoints", "device_batch_size", "compile", "device", "core_every", "core_max_per_task",
+                      "core_bundle", "chat_eval_every")
+# evaluations logged during training (metrics.jsonl), drawn against steps when present
+TRAINING_EVALS = {"core": "CORE", "chatcore": "ChatCORE", "heldout_pass@k": "held-out pass@k"}
 
 
 @dataclass
@@ -29,6 +32,12 @@ def run_curve(run: Run, axis: str) -> Curve:
     """(axis value, val bpb) at each of the run's evaluations."""
     evals = [r for r in run.evals() if isinstance(r.get(axis), (int, float))]
     return Curve(np.array([r[axis] for r in evals], dtype=float), np.array([r["val_bpb"] for r in evals], dtype=float))
+
+
+def eval_series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a training-time evaluation (`TRAINING_EVALS`) in the run's metrics."""
+    points = [(r["step"], r[key]) for r in run.metrics if isinstance(r.get(key), (int, float))]
+    return tuple(np.array(points, dtype=float).reshape(-1, 2).T)
 
 
 def common_grid(curves: list[Curve], points: int = GRID_POINTS) -> np.ndarray:

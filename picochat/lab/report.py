@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from picochat.lab.compare import AXES, compare_axis, group_label, group_noise, group_runs, run_curve, throughput
+from picochat.lab.compare import (AXES, TRAINING_EVALS, compare_axis, eval_series, group_label, group_noise, group_runs,
+                                  run_curve, throughput)
 from picochat.lab.plots import bar_plot, line_plot
 from picochat.lab.runs import Run, fmt, read_json, summarize
 from picochat.lab.verdict import (axis_verdicts, combined_noise, comparability_problems, is_gain,
                                   significance_record, summary_sentence, wall_clock_caveats)
+from picochat.checkpoint import latest_checkpoint, read_meta
 from picochat.runtime import datasets_dir, tokenizers_dir
 
 
@@ -134,9 +136,21 @@ def comparison_plots(runs: list[Run], labels: list[str], pairs: dict, out_dir: P
             paths.append(line_plot(deltas, label, "bpb minus baseline (negative: better)",
                                    f"difference to {labels[0]} at common {label}", out_dir / f"delta_vs_{axis}.png",
                                    markers=False, log_x=axis == "flops"))
+    paths += training_eval_plots(runs, out_dir)
     speeds = {label: t for label, g in zip(labels, group_runs(runs)) if (t := throughput(g)["tok_per_sec"]) is not None}
     if speeds:
         paths.append(bar_plot(speeds, "tokens per second", "training throughput", out_dir / "tok_per_sec.png"))
+    return paths
+
+
+def training_eval_plots(runs: list[Run], out_dir: Path) -> list[Path]:
+    """CORE, ChatCORE and held-out pass@k against steps, one line per run, for those the runs logged."""
+    paths = []
+    for key, label in TRAINING_EVALS.items():
+        series = {run.name: points for run in runs if len((points := eval_series(run, key))[0])}
+        if series:
+            paths.append(line_plot(series, "step", label, f"{label} during training",
+                                   out_dir / f"{key.replace('@', '_at_')}_vs_step.png"))
     return paths
 
 
@@ -181,26 +195,43 @@ def format_comparison(result: dict) -> str:
 
 # ---- the report card ---------------------------------------------------------------------------
 
-def gpu_hours(summary: dict) -> float | None:
+def device_hours(summary: dict) -> float | None:
     """Training wall-clock x processes (evaluation time is not in `time`, so this is a floor)."""
     return None if summary["time"] is None else summary["time"] * (summary["world_size"] or 1) / 3600
+
+
+def device_kind(env: dict) -> str:
+    """GPU, CPU or MPS: what an hour of this run was an hour of."""
+    kind = str(env.get("device", "")).split(":")[0]
+    return {"cuda": "GPU", "cpu": "CPU", "mps": "MPS"}.get(kind, "device")
 
 
 def report_card(run: Run, out_dir: Path, price_per_hour: float | None = None) -> list[Path]:
     s = summarize(run)
     page = Page(f"picochat report: {run.name}")
     page.text(f"{s['status']}; run directory {run.path}")
-    data_section(page, run.config.get("dataset"))
-    tokenizer_section(page, run.config.get("tokenizer"))
+    origin = checkpoint_origin(run)
+    if origin.get("from_run"):
+        page.text(f"{origin.get('stage', 'post')}-trained from {origin['from_run']}")
+    data_section(page, run.config.get("dataset") or origin.get("dataset"))
+    tokenizer_section(page, run.config.get("tokenizer") or origin.get("tokenizer"))
     plots = training_section(page, run, s, out_dir)
     evals_section(page, run)
     samples_section(page, run.path)
-    cost_section(page, s, price_per_hour)
+    cost_section(page, s, device_kind(run.env), price_per_hour)
     page.heading("Provenance")
     page.table(["key", "value"], [[k, v] for k, v in run.env.items()] or [["env.json", "absent"]])
     page.heading("Config")
     page.table(["field", "value"], [[k, v] for k, v in run.config.items()] or [["config.json", "absent"]])
     return [*plots, *page.write(out_dir, "report")]
+
+
+def checkpoint_origin(run: Run) -> dict:
+    """What the latest checkpoint records of where the run came from: a post-trained run's config has no
+    dataset, its checkpoints carry the base run's dataset and tokenizer."""
+    checkpoint = latest_checkpoint(run.path)
+    meta = read_meta(checkpoint) if checkpoint else {}
+    return {k: meta[k] for k in ("dataset", "tokenizer", "stage", "from_run") if k in meta}
 
 
 def data_section(page: Page, dataset: str | None) -> None:
@@ -244,6 +275,7 @@ def training_section(page: Page, run: Run, s: dict, out_dir: Path) -> list[Path]
         if len(curve.x):
             plots.append(line_plot({run.name: (curve.x, curve.bpb)}, label, "validation bpb",
                                    f"validation bpb vs {label}", out_dir / f"bpb_vs_{axis}.png", log_x=axis == "flops"))
+    plots += training_eval_plots([run], out_dir)
     for path in plots:
         page.image(path, path.stem.replace("_", " "))
     return plots
@@ -271,8 +303,14 @@ def evals_section(page: Page, run: Run) -> None:
         page.text(f"CORE: not evaluated (picochat eval core --run {run.name})")
     chat = read_json(run.path / "chat_eval.json")
     if chat:
-        page.table(["chat eval", "result"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
-                                             for k, v in chat.items()])
+        rows = [[task, fmt(t.get("accuracy"), "bpb"), fmt(t.get("centered"), "bpb"), fmt(t.get("total"), "int")]
+                for task, t in chat_tasks(chat).items()]
+        page.table(["chat eval", "accuracy", "centered", "items"], rows + [["ChatCORE", "", fmt(chat.get("chatcore"), "bpb"), ""]])
+
+
+def chat_tasks(chat: dict) -> dict[str, dict]:
+    """chat_eval.json's tasks ({"tasks": {name: {accuracy, centered, total}}}; early SFT runs wrote {name: accuracy})."""
+    return chat.get("tasks") or {k: {"accuracy": v} for k, v in chat.items() if k != "chatcore"}
 
 
 def samples_section(page: Page, run_path: Path) -> None:
@@ -289,13 +327,14 @@ def samples_section(page: Page, run_path: Path) -> None:
             return
 
 
-def cost_section(page: Page, s: dict, price_per_hour: float | None) -> None:
+def cost_section(page: Page, s: dict, kind: str, price_per_hour: float | None) -> None:
     page.heading("Cost")
-    hours = gpu_hours(s)
+    hours = device_hours(s)
     if hours is None:
         page.text("no training time recorded")
         return
-    line = f"{hours:.4f} GPU-hours ({fmt(s['time'], 'time')} training wall-clock x {s['world_size'] or 1} process(es) on {s['device']})"
+    line = (f"{hours:.4f} {kind}-hours ({fmt(s['time'], 'time')} training wall-clock x {s['world_size'] or 1} "
+            f"process(es) on {s['device']})")
     if price_per_hour is not None:
-        line += f"; at ${price_per_hour:.2f} per GPU-hour: ${hours * price_per_hour:.2f}"
+        line += f"; at ${price_per_hour:.2f} per {kind}-hour: ${hours * price_per_hour:.2f}"
     page.text(line + ". Evaluation time is not included.")

@@ -14,6 +14,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+try:  # FlexAttention (torch >= 2.5); without it windows stay on SDPA with a boolean mask
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    create_block_mask = flex_attention = None
+
 from picochat.model.accounting import VE_GATE_CHANNELS
 from picochat.model.config import GPTConfig
 from picochat.model.kv_cache import KVCache
@@ -52,7 +57,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 # Attention kernels. A query at position i sees the keys at positions j with i - window < j <= i:
-# `window` counts the keys a query sees, itself included. FlashAttention-3 on Hopper in bf16, SDPA elsewhere.
+# `window` counts the keys a query sees, itself included. FlashAttention-3 on Hopper in bf16; on other CUDA
+# devices a window shorter than the sequence goes through FlexAttention, which skips the blocks outside the
+# window instead of materialising a T x T mask; SDPA everywhere else.
 
 @functools.cache
 def _flash_attn_3():
@@ -68,6 +75,41 @@ def _can_use_fa3(q: torch.Tensor) -> bool:
     # FA3 has only bf16/fp16 Hopper kernels (seed §7): fp32 and every other device go through SDPA.
     return (q.is_cuda and q.dtype == torch.bfloat16
             and torch.cuda.get_device_capability(q.device)[0] == 9 and _flash_attn_3() is not None)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    # FlexAttention is a fused kernel only when compiled (eager it materialises the scores)
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _can_use_flex(q: torch.Tensor) -> bool:
+    # CUDA only: torch's CPU FlexAttention has no backward, and CPU SDPA gains nothing from skipping blocks
+    return q.is_cuda and flex_attention is not None
+
+
+def _build_window_block_mask(T: int, window: int, device: str):
+    def causal_window(batch, head, q_pos, k_pos):
+        return (q_pos >= k_pos) & (q_pos - k_pos < window)
+    return create_block_mask(causal_window, None, None, T, T, device=device)
+
+
+_cached_window_block_mask = functools.lru_cache(maxsize=32)(_build_window_block_mask)
+
+
+def window_block_mask(T: int, window: int, device):
+    """FlexAttention's BlockMask for causal attention within `window` over T positions, built once per shape."""
+    if torch.compiler.is_compiling():  # Dynamo traces through caches: the mask's few ops join the graph
+        return _build_window_block_mask(T, window, str(device))
+    return _cached_window_block_mask(T, window, str(device))
+
+
+def flex_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float):
+    """q [B, H, T, D], k and v [B, H_kv, T, D] at positions 0..T-1; each query sees its `window` latest keys."""
+    block_mask = window_block_mask(q.size(2), window, q.device)
+    # inside a compiled model the enclosing compile fuses it; called eagerly it needs its own
+    kernel = flex_attention if torch.compiler.is_compiling() else _compiled_flex_attention()
+    return kernel(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.size(1) != k.size(1))
 
 
 def window_mask(q_start: int, q_len: int, k_start: int, k_len: int, window: int, device) -> torch.Tensor:
@@ -94,6 +136,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                               softmax_scale=scale, causal=True, window_size=(left, 0))
         out = out[0] if isinstance(out, tuple) else out  # some FA3 releases also return the log-sum-exp
         return out.transpose(1, 2)
+    if q_start == 0 and window < T and _can_use_flex(q):
+        return flex_window_attention(q, k, v, window, scale)
     # one query sees every key left after the cut; T queries over T keys inside the window are plain causal
     is_causal = T > 1 and L == T and window >= T
     mask = None if T == 1 or is_causal else window_mask(q_start, T, first_key, L, window, q.device)

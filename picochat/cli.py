@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except PicochatError as e:
-        print(f"picochat {args.command}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"picochat {args.command}: {'stopped' if getattr(e, 'exit_status', 2) != 2 else 'error'}: {e}",
+              file=sys.stderr)
+        sys.exit(getattr(e, "exit_status", 2))  # 2, or a stopped stage's 130/143
     except KeyboardInterrupt:
         print(f"picochat {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)

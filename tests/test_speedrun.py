@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -190,3 +192,29 @@ def test_miniature_cpu_speedrun_runs_every_stage_and_resumes_after_a_failure(hom
     assert len(json.loads((ctx.sft_dir / "samples.json").read_text())) == 1
     assert (ctx.sft_dir / "chat_eval.json").is_file()
     assert "Samples" in (ctx.sft_dir / "report" / "report.md").read_text()
+
+
+def test_a_stage_stopped_by_a_signal_is_reported_as_stopped_with_its_status(home, monkeypatch):
+    root = home / "outputs"
+    root.mkdir(parents=True)
+    monkeypatch.setattr(runner, "STAGES", fake_stages(root))
+    monkeypatch.setattr(runner, "STAGE_NAMES", ("a", "b", "c"))
+
+    class Stopped(Recorder):
+        def __call__(self, argv, log):
+            return (143, "stopped by signal\n") if argv[-1] == "b" else super().__call__(argv, log)
+    with pytest.raises(runner.StageStoppedError, match="'b' stopped by a signal.*rerun") as e:
+        run_speedrun(Context(PRESETS["cpu"], "r", "pystdlib"), execute=Stopped(root))
+    assert e.value.exit_status == 143
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_runner_reaches_the_running_stage(tmp_path):
+    import signal
+    import threading
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: (print('saved'), sys.exit(143)))\n"
+             "print('ready', flush=True)\ntime.sleep(60)\n")
+    threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+    status, output = runner.run_process([sys.executable, "-c", child], tmp_path / "log")
+    assert status == 143 and "saved" in output

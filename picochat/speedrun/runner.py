@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +27,20 @@ STATE_FILE = "speedrun.json"
 
 class StageFailedError(PicochatError):
     """A stage's command exited with an error; the stages before it stay finished."""
+
+
+class StageStoppedError(PicochatError):
+    """A signal stopped a stage (which saved and said so); the CLI exits with the stage's own status."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def stopped_by_signal(status: int) -> bool:
+    """picochat exits 128 + the signal when one stops it (130 Ctrl-C, 143 SIGTERM); Popen reports a child
+    killed by a signal as minus the signal."""
+    return status < 0 or status in (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 def state_path(ctx: Context) -> Path:
@@ -78,14 +94,33 @@ def run_process(argv: list[str], log: Path) -> tuple[int, str]:
     lines = []
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {' '.join(argv)}\n")
+        # its own session: a terminal's Ctrl-C reaches the stage once, through the forwarding below, not twice
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   encoding="utf-8", errors="replace", bufsize=1, env=os.environ.copy())
-        for line in process.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            f.write(line)
-            lines.append(line)
-        return process.wait(), "".join(lines)
+                                   encoding="utf-8", errors="replace", bufsize=1, env=os.environ.copy(),
+                                   start_new_session=True)
+        with forwarded_signals(process):
+            for line in process.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                f.write(line)
+                lines.append(line)
+            return process.wait(), "".join(lines)
+
+
+class forwarded_signals:
+    """While a stage runs, SIGINT/SIGTERM to the runner go to the stage, which saves and exits 130/143."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process, self.previous = process, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, lambda signum, _: self.process.send_signal(signum))
+                             for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def run_stage(stage: Stage, ctx: Context, commands: list[Command], number: str,
@@ -97,6 +132,9 @@ def run_stage(stage: Stage, ctx: Context, commands: list[Command], number: str,
     for command in commands:
         print0(f"{number} {stage.name}: {display_argv(process_argv(command, ctx))}  (log: {log})")
         status, output = execute(process_argv(command, ctx), log)
+        if stopped_by_signal(status):
+            raise StageStoppedError(f"stage {stage.name!r} stopped by a signal (exit status {status}) after saving; "
+                                    f"rerun the same `picochat speedrun` command to continue it", exit_status(status))
         if status != 0:
             raise StageFailedError(
                 f"stage {stage.name!r} failed (exit status {status}) running `{command.display()}`; its log is "
@@ -104,6 +142,10 @@ def run_stage(stage: Stage, ctx: Context, commands: list[Command], number: str,
                 f"command to resume from {stage.name!r}")
         outputs.append(output)
     return outputs
+
+
+def exit_status(status: int) -> int:
+    return 128 - status if status < 0 else status
 
 
 def stages_from(from_stage: str | None) -> set[str]:

@@ -10,9 +10,10 @@ import torch.multiprocessing as mp
 from infer_helpers import tiny_model, tiny_tokenizer
 from picochat.eval.chat import (ChatResult, centered_accuracy, chatcore, evaluate_categorical,
                                 evaluate_generative, letter_token_ids)
-from picochat.infer.engine import Completion, Engine
-from picochat.tasks import get_task
-from picochat.tasks.base import multiple_choice_item
+from picochat.infer.engine import Completion, Engine, SamplingParams
+from picochat.tasks import get_task, prompt_conversation
+from picochat.tasks.base import answer_text, multiple_choice_item
+from picochat.tokenizer.chat import render_for_completion
 from picochat.runtime import shutdown_runtime
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
@@ -101,7 +102,10 @@ def test_generative_eval_with_a_tiny_real_gpt_end_to_end(tok):
     items = task.load()[:2]
     engine = Engine(tiny_model(tok.vocab_size, max_seq_len=64), tok)
     result = evaluate_generative(engine, task, items, max_tokens=8)
-    assert result.total == 2 and result.too_long == 0 and 0 <= result.correct <= 2
+    greedy = [engine.generate_completions(render_for_completion(tok, prompt_conversation(item)),
+                                          SamplingParams(max_tokens=8, temperature=0.0))[0] for item in items]
+    expected = sum(task.score(item, answer_text(tok, c.tokens)) for item, c in zip(items, greedy))
+    assert (result.total, result.too_long, result.correct) == (2, 0, expected)
 
 
 GENERATIVE_ITEMS = [{"messages": [{"role": "user", "content": "q"}], "answer": a} for a in ("7", "9", "7", "5", "7")]
@@ -144,10 +148,9 @@ def save_tiny_run(tok, home: Path, name="tiny") -> Path:
 
 
 @pytest.mark.slow
-def test_cli_runs_tasks_prints_json_and_merges_results(tok, tmp_path, monkeypatch, capsys):
+def test_cli_runs_tasks_prints_json_and_merges_results(tok, home, tmp_path, capsys):
     from picochat.cli import main
-    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path / "home"))
-    run = save_tiny_run(tok, tmp_path / "home")
+    run = save_tiny_run(tok, home)
     data = tmp_path / "data"
     (data / "mmlu" / "test").mkdir(parents=True)
     (data / "mmlu" / "test" / "x_test.csv").write_text("".join(f"q{i},a,b,c,d,{'ABCD'[i % 4]}\n" for i in range(6)))
@@ -163,10 +166,9 @@ def test_cli_runs_tasks_prints_json_and_merges_results(tok, tmp_path, monkeypatc
     assert saved["tasks"]["mmlu"]["step"] == 3
 
 
-def test_cli_errors_name_the_task_list_and_the_missing_path(tok, tmp_path, monkeypatch, capsys):
+def test_cli_errors_name_the_task_list_and_the_missing_path(tok, home, tmp_path, capsys):
     from picochat.cli import main
-    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path / "home"))
-    save_tiny_run(tok, tmp_path / "home")
+    save_tiny_run(tok, home)
     with pytest.raises(SystemExit) as exited:
         main(["eval", "chat", "--run", "tiny", "--task", "trivia", "--device", "cpu"])
     assert exited.value.code == 2 and "unknown task 'trivia'; the tasks are arc-easy" in capsys.readouterr().err

@@ -218,11 +218,13 @@ class PackedLoader:
     def __init__(self, dataset, tokenizer, split: str, batch_size: int, seq_len: int, rank: int = 0,
                  world_size: int = 1, mode: str = "bestfit", buffer_docs: int = 1000,
                  device: torch.device | str = "cpu", state: LoaderState | dict | None = None,
-                 background: bool = True):
+                 background: bool = True, passes: int | None = None):
+        """`passes`: stop (StopIteration) after that many passes over the split, once the buffer has packed
+        every document it still holds (pack-stats measures one pass this way); None: forever."""
         _validate(tokenizer, batch_size, seq_len, rank, world_size, mode, buffer_docs)
         self.dataset, self.tokenizer, self.split = dataset, tokenizer, split
         self.batch_size, self.seq_len, self.row_len = batch_size, seq_len, seq_len + 1
-        self.mode, self.device, self.background = mode, torch.device(device), background
+        self.mode, self.device, self.background, self.passes = mode, torch.device(device), background, passes
         self._row_groups = rank_row_groups(dataset.row_group_counts(split), rank, world_size)
         pass_docs = documents_per_pass(dataset, split, self._row_groups, rank, world_size)
         if mode == "bestfit" and buffer_docs > pass_docs:
@@ -275,6 +277,8 @@ class PackedLoader:
         return self._source.get() if self.background else next(self._source)
 
     def _refill(self) -> bool:
+        if self.passes is not None and self._state.epoch >= self.passes:
+            return False  # the buffer drains: what it holds is packed, cropping only what cannot fit
         item = self._next_row_group()
         self._state.epoch, self._state.position = next_position(item.epoch, item.position, len(self._row_groups))
         for i, doc in enumerate(item.docs):
@@ -286,6 +290,8 @@ class PackedLoader:
         s = self._state
         for row in batch:
             placements = fill_row(self._buffer, self.row_len, self._min_buffered, self._refill)
+            if placements is None:  # the last pass ended; a partial row is dropped, as it would be in training
+                raise StopIteration
             start = 0
             for p in placements:
                 row[start:start + p.taken] = p.tokens[:p.taken]
@@ -293,7 +299,7 @@ class PackedLoader:
                 s.cropped_tokens += p.cropped
             s.tokens += start
             s.documents += len(placements)
-        s.rows += self.batch_size
+            s.rows += 1
         return batch
 
     def _to_device(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,6 +343,9 @@ class PackedLoader:
             "tokens": s.tokens,
             "cropped_tokens": s.cropped_tokens,
             "documents": s.documents,
+            # received but not yet packed: best fit parks documents longer than a row until little else is left
+            "parked_documents": len(self._buffer),
+            "parked_tokens": self._buffer.buffered_tokens(),
         }
 
     def close(self) -> None:

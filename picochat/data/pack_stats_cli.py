@@ -4,10 +4,16 @@ Prints utilization (real tokens / row capacity: 1.0 by construction, no padding)
 crop_fraction (document tokens discarded by crops / tokens taken from documents), the
 numbers nanochat (github.com/karpathy/nanochat) reports for its loader: crop fractions of
 39.4% greedy and 34.6% best fit.
+
+By default it packs one full pass over the split and then drains the buffer, which is what an
+epoch of training sees. A window of `--rows` can mislead: best fit parks every document longer
+than a row in its buffer until little else is left, so the first rows crop almost nothing and
+the crops come later; a window therefore also reports the tokens still parked.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -30,7 +36,8 @@ class PackStatsConfig:
     split: str = field(default="train", metadata={"help": "split to pack", "choices": ["train", "val"]})
     seq_len: int = field(default=2048, metadata={"help": "sequence length T (rows hold T+1 tokens)"})
     mode: str = field(default="bestfit", metadata={"help": "packing mode", "choices": list(MODES)})
-    rows: int = field(default=2000, metadata={"help": "rows to pack"})
+    rows: int | None = field(default=None, metadata={
+        "help": "rows to pack; default: one full pass over the split, the buffer drained at its end"})
     buffer_docs: int = field(default=1000, metadata={"help": "best-fit buffer size in documents"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of text"})
 
@@ -50,26 +57,28 @@ def batch_size_for(rows: int, most: int = 16) -> int:
 
 
 def pack_stats(cfg: PackStatsConfig) -> dict:
-    if cfg.rows < 1:
-        raise PicochatError(f"--rows {cfg.rows} must be at least 1")
+    if cfg.rows is not None and cfg.rows < 1:
+        raise PicochatError(f"--rows {cfg.rows} must be at least 1 (or leave it out for one full pass)")
     dataset = open_dataset(cfg.dataset)
     tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else Tokenizer.default_for_dataset(cfg.dataset)
-    batch_size = batch_size_for(cfg.rows)
+    one_pass = cfg.rows is None
+    batch_size = 1 if one_pass else batch_size_for(cfg.rows)
     start = last_report = time.perf_counter()
     with PackedLoader(dataset, tokenizer, cfg.split, batch_size, cfg.seq_len, mode=cfg.mode,
-                      buffer_docs=cfg.buffer_docs) as loader:
-        for _ in range(cfg.rows // batch_size):
-            next(loader)
+                      buffer_docs=cfg.buffer_docs, passes=1 if one_pass else None) as loader:
+        for _ in itertools.count() if one_pass else range(cfg.rows // batch_size):
+            if next(loader, None) is None:
+                break
             if time.perf_counter() - last_report > PROGRESS_EVERY_S:
                 last_report = time.perf_counter()
                 stats = loader.stats()
-                print(f"packed {stats['rows']}/{cfg.rows} rows, crop fraction so far {stats['crop_fraction']:.4f}",
-                      file=sys.stderr, flush=True)
+                print(f"packed {stats['rows']}{'' if one_pass else f'/{cfg.rows}'} rows, crop fraction so far "
+                      f"{stats['crop_fraction']:.4f}", file=sys.stderr, flush=True)
         stats = loader.stats()
     seconds = time.perf_counter() - start
     return {"dataset": dataset.name, "tokenizer": tokenizer.name, "split": cfg.split, "mode": cfg.mode,
-            "seq_len": cfg.seq_len, "buffer_docs": cfg.buffer_docs, **stats,
-            "seconds": round(seconds, 3), "tok_per_sec": round(stats["tokens"] / seconds, 1)}
+            "seq_len": cfg.seq_len, "buffer_docs": cfg.buffer_docs, "span": "one pass" if one_pass else "window",
+            **stats, "seconds": round(seconds, 3), "tok_per_sec": round(stats["tokens"] / seconds, 1)}
 
 
 def run_pack_stats(args: argparse.Namespace) -> None:
@@ -78,9 +87,13 @@ def run_pack_stats(args: argparse.Namespace) -> None:
     if cfg.json:
         print(json.dumps(result))
         return
+    span = "one full pass, buffer drained" if result["span"] == "one pass" else "a window of the stream"
     print(f"{result['mode']} packing of {result['dataset']}/{result['split']} at T={cfg.seq_len} "
-          f"(tokenizer {result['tokenizer']}): {result['rows']} rows, {result['tokens']:,} tokens")
+          f"(tokenizer {result['tokenizer']}), {span}: {result['rows']} rows, {result['tokens']:,} tokens")
     print(f"  utilization   {result['utilization']:.4f}")
     print(f"  crop_fraction {result['crop_fraction']:.4f}  ({result['cropped_tokens']:,} tokens cropped "
           f"from {result['documents']:,} documents)")
+    if result["span"] == "window":
+        print(f"  parked        {result['parked_tokens']:,} tokens in {result['parked_documents']:,} documents still "
+              f"in the buffer, not yet packed or cropped (leave out --rows for one full pass)")
     print(f"  throughput    {result['tok_per_sec']:,.0f} tokens/s")

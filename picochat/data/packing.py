@@ -68,6 +68,9 @@ class BestFitBuffer:
         """Buffered documents in arrival order (re-adding them in this order rebuilds the buffer)."""
         return [doc_id for doc_id, _ in self._docs.values()]
 
+    def buffered_tokens(self) -> int:
+        return sum(length for length, _ in self._keys)
+
 
 class StreamBuffer:
     """Greedy packing's buffer: documents in stream order, the first one always next."""
@@ -87,6 +90,9 @@ class StreamBuffer:
 
     def doc_ids(self) -> list[Hashable]:
         return [doc_id for doc_id, _ in self._docs]
+
+    def buffered_tokens(self) -> int:
+        return sum(len(tokens) for _, tokens in self._docs)
 
 
 def new_buffer(mode: str) -> BestFitBuffer | StreamBuffer:

@@ -14,12 +14,6 @@ from picochat.lab.verdict import AxisVerdict, comparability_problems, summary_se
 from test_lab_runs import make_run
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
-    return tmp_path
-
-
 def test_common_grid_spans_only_the_overlap():
     grid = common_grid([Curve(np.array([0.0, 10.0]), np.array([1.0, 0.0])),
                         Curve(np.array([2.0, 20.0]), np.array([1.0, 0.0]))], points=5)

@@ -38,12 +38,6 @@ def make_run(name: str, bpb_at=lambda step: 2.0 - 0.05 * step, steps: int = 10, 
     return path
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
-    return tmp_path
-
-
 def test_summary_reads_the_last_record_and_the_last_evaluation(home):
     make_run("a", steps=10, seconds_per_step=0.5)
     s = summarize(load_run("a"))

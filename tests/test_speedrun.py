@@ -18,12 +18,6 @@ from picochat.speedrun.runner import StageFailedError, process_argv, run_speedru
 from picochat.speedrun.stages import STAGE_NAMES, Command, Context, Stage, choose_dataset
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def test_unknown_preset_names_every_preset():
     with pytest.raises(UnknownPresetError) as e:
         get_preset("d99")

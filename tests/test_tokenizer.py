@@ -67,12 +67,6 @@ def tok(corpus):
     return train_tokenizer(corpus, "test", vocab_size=VOCAB_SIZE, save=False)
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
-    return tmp_path
-
-
 def test_vocab_size_is_as_asked(tok):
     assert tok.vocab_size == VOCAB_SIZE
     assert len(tok.mergeable_ranks) == VOCAB_SIZE - len(SPECIAL_TOKENS)

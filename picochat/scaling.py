@@ -243,12 +243,13 @@ def make_plan(depth: int, vocab_size: int = 32768, aspect_ratio: int = 64, head_
               max_seq_len: int = 2048, window_pattern: str = "SSSL", ratio: float | None = None,
               total_batch_size: int | None = None, num_iterations: int | None = None,
               constants: ScalingConstants | None = None, n_kv_heads: int | None = None,
-              target_flops: float | None = None) -> Plan:
+              target_flops: float | None = None, smear: bool = False, backout: bool = False) -> Plan:
     """Build the shape from depth (GPTConfig validates it) and derive its plan.
     `ratio` overrides constants.ratio (10.5 unless a constants file says otherwise);
     `target_flops` replaces the ratio's horizon by a FLOP budget's."""
     cfg = GPTConfig(depth=depth, vocab_size=vocab_size, aspect_ratio=aspect_ratio, head_dim=head_dim,
-                    n_kv_heads=n_kv_heads, max_seq_len=max_seq_len, window_pattern=window_pattern)
+                    n_kv_heads=n_kv_heads, max_seq_len=max_seq_len, window_pattern=window_pattern,
+                    smear=smear, backout=backout)
     constants = constants or ScalingConstants()
     if ratio is not None:
         if ratio <= 0:

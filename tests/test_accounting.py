@@ -4,7 +4,7 @@ from picochat.model.accounting import (
 )
 from picochat.model.config import GPTConfig
 
-GROUPS = {"matrix", "embedding", "value_embedding", "lm_head", "resid_lambda", "x0_lambda"}
+GROUPS = {"matrix", "embedding", "value_embedding", "lm_head", "resid_lambda", "x0_lambda", "smear_backout"}
 
 
 def d2_config():
@@ -31,6 +31,7 @@ def test_parameter_counts_d2_by_hand():
         "lm_head": vocab * w,
         "resid_lambda": 2,
         "x0_lambda": 2,
+        "smear_backout": 0,  # smear and backout off
     }
     expected["total"] = sum(expected.values())
     assert parameter_counts(d2_config()) == expected

@@ -14,7 +14,7 @@ from picochat.model.gpt import GPT, Linear, SoftcappedCrossEntropy, causal_atten
 from picochat.model.kv_cache import KVCache
 from picochat.runtime import compute_dtype
 
-GROUPS = {"matrix", "embedding", "value_embedding", "lm_head", "resid_lambda", "x0_lambda"}
+GROUPS = {"matrix", "embedding", "value_embedding", "lm_head", "resid_lambda", "x0_lambda", "smear_backout"}
 
 
 def tiny_config(**overrides) -> GPTConfig:

@@ -15,6 +15,7 @@ MODEL_CLASS = "PicochatForCausalLM"
 AUTO_MAP = {"AutoConfig": "configuration_picochat.PicochatConfig",
             "AutoModelForCausalLM": "modeling_picochat.PicochatForCausalLM"}
 KNOWN_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
+NOT_EXPORTED_YET = ("smear", "backout")  # GPTConfig flags hf_files/modeling_picochat.py does not implement
 
 
 class ExportError(PicochatError):
@@ -27,6 +28,10 @@ def check_supported(model_config: dict, source: str) -> GPTConfig:
     if unknown:
         raise ExportError(f"{source} has architecture flags the Hugging Face modelling code does not implement: "
                           f"{', '.join(unknown)}; export a run trained without them")
+    on = [name for name in NOT_EXPORTED_YET if model_config.get(name)]
+    if on:
+        raise ExportError(f"{source} was trained with {', '.join('--' + name for name in on)}, which is not supported "
+                          f"by the exporter yet; export a run trained without it")
     return GPTConfig(**model_config)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from picochat.model.config import GPTConfig
 
 VE_GATE_CHANNELS = 12  # the value-embedding gate reads the first 12 channels of x (facts: Model)
+SMEAR_GATE_CHANNELS = 24  # the smear gate reads the first 24 channels of the embedding (nanochat gpt.py)
 
 
 def block_matrix_params(cfg: GPTConfig, layer: int) -> int:
@@ -33,9 +34,15 @@ def parameter_counts(cfg: GPTConfig) -> dict[str, int]:
         "lm_head": vocab * w,
         "resid_lambda": cfg.n_layers,
         "x0_lambda": cfg.n_layers,
+        "smear_backout": smear_gate_params(cfg) + cfg.smear + cfg.backout,  # the gate, then one λ each
     }
     counts["total"] = sum(counts.values())
     return counts
+
+
+def smear_gate_params(cfg: GPTConfig) -> int:
+    """The smear gate: a 24 -> 1 matmul per token, outside the blocks (so not a scaling param)."""
+    return SMEAR_GATE_CHANNELS if cfg.smear else 0
 
 
 def scaling_params(cfg: GPTConfig) -> int:
@@ -54,8 +61,8 @@ def attention_flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> int
 
 def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> int:
     """Training FLOPs per token: 6 per matmul weight (2 forward + 4 backward; Kaplan et al. 2020)
-    plus attention. Embedding lookups and the per-layer scalars are not matmuls and cost ~nothing."""
-    return 6 * scaling_params(cfg) + attention_flops_per_token(cfg, seq_len)
+    plus attention. Embedding lookups, the per-layer scalars and backout's subtraction are not matmuls and cost ~nothing."""
+    return 6 * (scaling_params(cfg) + smear_gate_params(cfg)) + attention_flops_per_token(cfg, seq_len)
 
 
 def forward_flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> int:

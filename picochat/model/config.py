@@ -24,6 +24,9 @@ class GPTConfig:
     window_pattern: str = "SSSL"  # tiled over layers; the last layer is always L
     softcap: float = 15.0  # logit soft-cap, computed in fp32
     rope_base: float = 100_000.0
+    # The reference's last-mile extras (nanochat gpt.py), off unless the lab shows they pay at this scale.
+    smear: bool = False  # each position adds a gated copy of the previous token's embedding
+    backout: bool = False  # λ·(residual after layer n/2) is subtracted before the final norm
 
     def __post_init__(self):
         self.validate()
@@ -79,6 +82,8 @@ class GPTConfig:
         if self.width < 12:  # the value-embedding gate reads the first 12 channels (accounting.VE_GATE_CHANNELS)
             raise ModelConfigError(f"width {self.width} (depth {self.depth} x aspect_ratio {self.aspect_ratio}, "
                                    f"rounded to head_dim {self.head_dim}) must be at least 12; raise either")
+        if self.smear and self.width < 24:  # the smear gate reads the first 24 channels (accounting.SMEAR_GATE_CHANNELS)
+            raise ModelConfigError(f"smear needs a width of at least 24, got {self.width}; raise depth or aspect_ratio")
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise ModelConfigError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} "

@@ -19,7 +19,7 @@ try:  # FlexAttention (torch >= 2.5); without it windows stay on SDPA with a boo
 except ImportError:
     create_block_mask = flex_attention = None
 
-from picochat.model.accounting import VE_GATE_CHANNELS
+from picochat.model.accounting import SMEAR_GATE_CHANNELS, VE_GATE_CHANNELS
 from picochat.model.config import GPTConfig
 from picochat.model.kv_cache import KVCache
 
@@ -272,6 +272,10 @@ class GPT(nn.Module):
         self.lm_head = Linear(width, vocab)
         self.resid_lambdas = nn.Parameter(torch.empty(config.n_layers))
         self.x0_lambdas = nn.Parameter(torch.empty(config.n_layers))
+        # the extras exist only when on, so a model without them has today's parameters and RNG draws
+        self.smear_gate = Linear(SMEAR_GATE_CHANNELS, 1) if config.smear else None
+        self.smear_lambda = nn.Parameter(torch.empty(1)) if config.smear else None
+        self.backout_lambda = nn.Parameter(torch.empty(1)) if config.backout else None
         cos, sin = self._rotary_tables()
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -299,6 +303,11 @@ class GPT(nn.Module):
                 nn.init.uniform_(attn.ve_gate.weight, 0.0, 0.02)
         self.resid_lambdas.copy_(torch.linspace(1.15, 1.05, cfg.n_layers))
         self.x0_lambdas.copy_(torch.linspace(0.20, 0.05, cfg.n_layers))
+        if self.smear_gate is not None:  # drawn last: every other weight matches the model without smear
+            nn.init.uniform_(self.smear_gate.weight, 0.0, 0.02)
+            self.smear_lambda.zero_()  # smear starts off and is learnt
+        if self.backout_lambda is not None:
+            self.backout_lambda.fill_(0.2)
         cos, sin = self._rotary_tables(self.cos.device)
         self.cos.copy_(cos)
         self.sin.copy_(sin)
@@ -316,15 +325,22 @@ class GPT(nn.Module):
         else:  # continuous batching: one new token per row, rotated by that row's position
             positions = kv_cache.positions(B)[:, None]  # [B, 1]
             cos, sin = self.cos[0, positions], self.sin[0, positions]  # [B, 1, 1, head_dim/2]
-        x = x0 = norm(self.wte(idx).to(self.compute_dtype))
+        x = norm(self.wte(idx).to(self.compute_dtype))
+        if self.smear_gate is not None:
+            x = self.smear(x, kv_cache)
+        x0, x_mid = x, None
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             value_embed = None
             if str(i) in self.value_embeds:
                 value_embed = self.value_embeds[str(i)](idx).to(self.compute_dtype)
             x = block(x, value_embed, cos, sin, kv_cache)
+            if i == self.config.n_layers // 2:
+                x_mid = x
         if kv_cache is not None:
             kv_cache.advance(T, B)
+        if self.backout_lambda is not None:  # take back the mid-network features the logits do not need
+            x = x - self.backout_lambda.to(x.dtype) * x_mid
         logits = self.lm_head(norm(x))[..., :self.config.vocab_size].float()  # padded vocab rows dropped
         softcap = self.config.softcap
         if targets is None:
@@ -335,6 +351,17 @@ class GPT(nn.Module):
         nats = SoftcappedCrossEntropy.apply(logits.view(B * T, -1), targets, softcap)
         return nats.view(B, T) if loss_reduction == "none" else nats.sum() / (targets != -1).sum()
 
+    def smear(self, x: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+        """x_t + λ·σ(w·x_t[:24])·x_{t-1} on the normed embeddings x [B, T, width] (nanochat gpt.py: a cheap bigram).
+        Position 0 has no previous token; with a cache, a chunk's first previous token is the one the cache kept."""
+        B, _, width = x.shape
+        first = x.new_zeros(B, 1, width) if kv_cache is None else kv_cache.previous_embedding(B)
+        previous = torch.cat((first, x[:, :-1]), dim=1)  # a copy, so the cache may now keep this chunk's last
+        if kv_cache is not None:
+            kv_cache.keep_embedding(x[:, -1])
+        gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(self.smear_gate(x[..., :SMEAR_GATE_CHANNELS]))
+        return x + gate * previous
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The optimizer's groups (ARCHITECTURE.md); every parameter is in exactly one."""
         return {
@@ -344,7 +371,12 @@ class GPT(nn.Module):
             "lm_head": [self.lm_head.weight],
             "resid_lambda": [self.resid_lambdas],
             "x0_lambda": [self.x0_lambdas],
+            "smear_backout": self._smear_backout_params(),
         }
+
+    def _smear_backout_params(self) -> list[nn.Parameter]:
+        smear = [self.smear_gate.weight, self.smear_lambda] if self.smear_gate is not None else []
+        return smear + ([self.backout_lambda] if self.backout_lambda is not None else [])
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

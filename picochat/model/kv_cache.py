@@ -13,6 +13,8 @@ class KVCache:
     (a prompt and its samples) are "level" and take the plain causal path; rows at different positions
     (continuous batching: each row another request) are "ragged" and decode one token each, with per-row
     rotary angles and masks. Every layer writes at the rows' lengths; the model advances them after its last layer.
+    With smear on, each row also keeps its last token's embedding, which the next token mixes in; a row at
+    position 0 keeps zeros (no previous token).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int,
@@ -22,6 +24,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = [0] * batch_size  # on the host: shapes and decisions need no device sync
+        self.prev_embed = torch.zeros(batch_size, config.width, device=device, dtype=dtype) if config.smear else None
         self._positions: torch.Tensor | None = None  # lengths as a device tensor, until they change
 
     @property
@@ -54,6 +57,16 @@ class KVCache:
     def reset(self) -> None:
         self.lengths = [0] * self.batch_size
         self._positions = None
+        if self.prev_embed is not None:
+            self.prev_embed.zero_()
+
+    def previous_embedding(self, rows: int) -> torch.Tensor:
+        """The embedding of the token before each of rows 0..rows-1's next one, [rows, 1, width] (smear)."""
+        return self.prev_embed[:rows, None]
+
+    def keep_embedding(self, last: torch.Tensor) -> None:
+        """Keep rows 0..B-1's newest token embedding `last` [B, width] for their next token (smear)."""
+        self.prev_embed[:last.size(0)] = last
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one layer's new k, v [B, kv_heads, T, head_dim] at each row's length; return the layer's
@@ -90,6 +103,8 @@ class KVCache:
         index = torch.tensor(rows, device=self.k.device)
         self.k[:, index, :, :length] = prefill.k[:, :, :, :length]  # broadcast over the rows
         self.v[:, index, :, :length] = prefill.v[:, :, :, :length]
+        if self.prev_embed is not None:
+            self.prev_embed[index] = prefill.prev_embed[0]
         for r in rows:
             self.lengths[r] = length
         self._positions = None
@@ -102,6 +117,8 @@ class KVCache:
         src, dst = torch.tensor(sources, device=self.k.device), torch.tensor(targets, device=self.k.device)
         self.k[:, dst, :, :end] = self.k[:, src, :, :end]
         self.v[:, dst, :, :end] = self.v[:, src, :, :end]
+        if self.prev_embed is not None:
+            self.prev_embed[dst] = self.prev_embed[src]
         for s, t in zip(sources, targets):
             self.lengths[t] = self.lengths[s]
         self._positions = None

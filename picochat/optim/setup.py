@@ -18,6 +18,7 @@ from picochat.optim.optimizer import MuonAdamW
 from picochat.scaling import weight_decay_for_width
 
 MODEL_GROUPS = ("matrix", "embedding", "value_embedding", "lm_head", "resid_lambda", "x0_lambda")
+# and "smear_backout", which may be absent: it holds parameters only when the model has smear or backout
 
 # nanochat tuned its AdamW LRs at width 768 (d12); wider models take LR × (width/768)^−0.5.
 REFERENCE_WIDTH = 768
@@ -47,6 +48,11 @@ class OptimHParams:
     resid_lambda_beta2: float = 0.95
     x0_lambda_beta1: float = field(default=0.96, metadata=field_help("nanochat dev/LOG.md d20 sweep: flat 0.90-0.96, sharp cliff at 0.98"))
     x0_lambda_beta2: float = 0.95
+    # Smear's gate and λ and backout's λ (empty unless the model has them): nanochat's fixed LR 0.2, not scaled
+    # by width or batch, betas (0.8, 0.95), no decay (nanochat gpt.py, setup_optimizer).
+    smear_backout_lr: float = 0.2
+    smear_backout_beta1: float = 0.8
+    smear_backout_beta2: float = 0.95
     adam_eps: float = 1e-10
     # Muon refinements (picochat/optim/muon.py), off until the lab shows they pay at our scale.
     muon_eq: bool = field(default=False, metadata=field_help("MuonEq: equilibrate the momentum's rows before orthogonalising"))
@@ -70,7 +76,7 @@ def build_optimizer(model_groups: dict[str, list[nn.Parameter]], hp: OptimHParam
     width_scale = (width / REFERENCE_WIDTH) ** -0.5
 
     def adamw(name: str, lr: float, beta1: float, beta2: float, weight_decay: float) -> dict:
-        return {"kind": "adamw", "name": name, "params": model_groups[name], "lr": lr,
+        return {"kind": "adamw", "name": name, "params": model_groups.get(name, []), "lr": lr,
                 "betas": (beta1, beta2), "eps": hp.adam_eps, "weight_decay": weight_decay}
 
     groups = [
@@ -81,6 +87,7 @@ def build_optimizer(model_groups: dict[str, list[nn.Parameter]], hp: OptimHParam
         adamw("lm_head", hp.lm_head_lr * width_scale, hp.lm_head_beta1, hp.lm_head_beta2, hp.lm_head_weight_decay),
         adamw("resid_lambda", hp.resid_lambda_lr, hp.resid_lambda_beta1, hp.resid_lambda_beta2, 0.0),
         adamw("x0_lambda", hp.x0_lambda_lr, hp.x0_lambda_beta1, hp.x0_lambda_beta2, 0.0),
+        adamw("smear_backout", hp.smear_backout_lr, hp.smear_backout_beta1, hp.smear_backout_beta2, 0.0),
     ]
     groups += [
         {"kind": "muon", "name": f"matrix{list(shape)}", "params": params, "lr": hp.matrix_lr,

@@ -18,6 +18,9 @@ GRID_POINTS = 50
 NOT_THE_EXPERIMENT = ("run", "seed", "resume", "force", "wandb", "log_every", "sample_every", "save_every",
                       "keep_checkpoints", "device_batch_size", "compile", "device", "core_every", "core_max_per_task",
                       "core_bundle", "chat_eval_every")
+# Flags newer than some runs, at the value a run that predates them trained with.
+PREDATED_FLAGS = {"smear": False, "backout": False, "muon_eq": False, "muon_plus": False, "normuon": False,
+                  "target_flops": None}
 # evaluations logged during training (metrics.jsonl), drawn against steps when present
 TRAINING_EVALS = {"core": "CORE", "chatcore": "ChatCORE", "heldout_pass@k": "held-out pass@k"}
 
@@ -55,9 +58,19 @@ def interpolate(curve: Curve, grid: np.ndarray) -> np.ndarray:
     return np.interp(grid, curve.x[order], curve.bpb[order])
 
 
-def group_key(config: dict) -> tuple:
+def experiment(config: dict) -> dict:
     """What makes two runs the same experiment: the config without seed, name and logistics."""
-    return tuple(sorted((k, repr(v)) for k, v in config.items() if k not in NOT_THE_EXPERIMENT))
+    return {k: v for k, v in {**PREDATED_FLAGS, **config}.items() if k not in NOT_THE_EXPERIMENT}
+
+
+def group_key(config: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in experiment(config).items()))
+
+
+def config_differences(baseline: dict, candidate: dict) -> dict[str, list]:
+    """The experiment's fields whose values differ: {field: [baseline value, candidate value]}."""
+    base, cand = experiment(baseline), experiment(candidate)
+    return {k: [base.get(k), cand.get(k)] for k in dict.fromkeys([*base, *cand]) if base.get(k) != cand.get(k)}
 
 
 def group_runs(runs: list[Run]) -> list[list[Run]]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from picochat.lab.compare import (AXES, TRAINING_EVALS, compare_axis, eval_series, group_label, group_noise, group_runs,
-                                  run_curve, throughput)
+from picochat.lab.compare import (AXES, TRAINING_EVALS, compare_axis, config_differences, eval_series, group_label,
+                                  group_noise, group_runs, run_curve, throughput)
 from picochat.lab.plots import bar_plot, line_plot
 from picochat.lab.runs import Run, fmt, read_json, summarize
 from picochat.lab.verdict import (axis_verdicts, combined_noise, comparability_problems, is_gain,
@@ -101,6 +101,7 @@ def compare_runs(runs: list[Run], out_dir: Path, plots: bool = True) -> dict:
     for i, comparisons in pairs.items():
         v = axis_verdicts(comparisons, 1, combined_noise([noises[0], noises[i]]), (groups[0], groups[i]))
         verdicts.append({"candidate": labels[i], "baseline": labels[0], "axes": {a: x.describe() for a, x in v.items()},
+                         "config_differences": config_differences(groups[0][0].config, groups[i][0].config),
                          "differences": {a: x.difference for a, x in v.items()},
                          "significance": {a: significance_record(x) for a, x in v.items()},
                          "summary": summary_sentence(v), "gain": None if problems else is_gain(v)})
@@ -185,6 +186,8 @@ def format_comparison(result: dict) -> str:
     lines += [f"caveat: {c}" for c in result["caveats"]]
     for v in result["verdicts"]:
         lines.append(f"{v['candidate']} vs {v['baseline']}: {v['summary']}")
+        if v["config_differences"]:
+            lines.append("  config: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in v["config_differences"].items()))
         lines += [f"  {text}" for text in v["axes"].values()]
     for label, t in result["throughput"].items():
         lines.append(f"{label}: {fmt(t['tok_per_sec'], 'sci')} tok/s, MFU {fmt(t['mfu'], 'pct')}, "

@@ -17,7 +17,8 @@ from picochat.train.config import LR_FIELDS, TrainConfig
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
     return GPTConfig(depth=cfg.depth, vocab_size=vocab_size, aspect_ratio=cfg.aspect_ratio, head_dim=cfg.head_dim,
-                     n_kv_heads=cfg.n_kv_heads, max_seq_len=cfg.max_seq_len, window_pattern=cfg.window_pattern)
+                     n_kv_heads=cfg.n_kv_heads, max_seq_len=cfg.max_seq_len, window_pattern=cfg.window_pattern,
+                     smear=cfg.smear, backout=cfg.backout)
 
 
 def build_model(config: GPTConfig, runtime: Runtime) -> GPT:
@@ -30,13 +31,16 @@ def build_model(config: GPTConfig, runtime: Runtime) -> GPT:
 
 def make_optimizer(model: GPT, cfg: TrainConfig, runtime: Runtime) -> torch.optim.Optimizer:
     """MuonAdamW with the config's learning rates, which are final (the plan already scaled them
-    by width and by √batch), so they replace the optimizer's own width-scaled defaults."""
+    by width and by √batch), so they replace the optimizer's own width-scaled defaults. The smear/backout
+    scalars keep the optimizer's fixed LR (nanochat scales it by neither)."""
     muon_dtype = torch.bfloat16 if runtime.dtype == torch.bfloat16 else torch.float32
-    optimizer = build_optimizer(model.param_groups(), OptimHParams(weight_decay=cfg.weight_decay),
-                                model.config.width, muon_dtype)
+    hparams = OptimHParams(weight_decay=cfg.weight_decay, muon_eq=cfg.muon_eq, muon_plus=cfg.muon_plus,
+                           normuon=cfg.normuon)
+    optimizer = build_optimizer(model.param_groups(), hparams, model.config.width, muon_dtype)
     for group in optimizer.param_groups:
         base = "matrix" if group["kind"] == "muon" else group["name"]
-        group["lr"] = group["initial_lr"] = getattr(cfg, LR_FIELDS[base])
+        if base in LR_FIELDS:
+            group["lr"] = group["initial_lr"] = getattr(cfg, LR_FIELDS[base])
     return optimizer
 
 

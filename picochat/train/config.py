@@ -25,9 +25,13 @@ class TrainConfig:
     n_kv_heads: int | None = field(default=None, metadata=field_help("grouped-query attention kv heads; derived: n_heads"))
     window_pattern: str = field(default="SSSL", metadata=field_help("attention windows tiled over layers: L full, S half"))
     max_seq_len: int = field(default=2048, metadata=field_help("tokens per sequence"))
+    smear: bool = field(default=False, metadata=field_help("mix a gated copy of the previous token's embedding into each position"))
+    backout: bool = field(default=False, metadata=field_help("subtract λ x the residual after layer n/2 before the final norm"))
     # Horizon and batch (None: from the scaling-law plan).
     num_iterations: int | None = field(default=None, metadata=field_help("optimizer steps; derived: tokens:params 10.5"))
     ratio: float | None = field(default=None, metadata=field_help("tokens per scaling param for the planned horizon"))
+    target_flops: float | None = field(default=None, metadata=field_help(
+        "the horizon from a FLOP budget: steps = F / (FLOPs per token x total batch); instead of --ratio/--num-iterations"))
     constants: str | None = field(default=None, metadata=field_help(
         "JSON file of fitted scaling constants (`picochat fit --write-constants`); derived: the seed's"))
     total_batch_size: int | None = field(default=None, metadata=field_help("tokens per optimizer step, over all devices"))
@@ -40,6 +44,9 @@ class TrainConfig:
     resid_lambda_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the residual lambdas"))
     x0_lambda_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the x0 lambdas"))
     weight_decay: float | None = field(default=None, metadata=field_help("Muon weight decay (∝ 1/width², seed §9)"))
+    muon_eq: bool = field(default=False, metadata=field_help("MuonEq: equilibrate the momentum's rows before orthogonalising"))
+    muon_plus: bool = field(default=False, metadata=field_help("Muon+: renormalise the orthogonal update to Frobenius norm √min(m, n)"))
+    normuon: bool = field(default=False, metadata=field_help("NorMuon: normalise each neuron of the update by its running RMS"))
     warmup_steps: int | None = field(default=None, metadata=field_help("linear LR warm-up steps"))
     warmdown_ratio: float = field(default=0.65, metadata=field_help("fraction of steps in the final linear warm-down"))
     final_lr_frac: float = field(default=0.05, metadata=field_help("LR at the last step, as a fraction of the peak"))
@@ -71,7 +78,7 @@ class TrainConfig:
 
 
 # The fields that fix the model's shape: a resume must not change them.
-SHAPE_FIELDS = ("depth", "aspect_ratio", "head_dim", "n_kv_heads", "window_pattern", "max_seq_len")
+SHAPE_FIELDS = ("depth", "aspect_ratio", "head_dim", "n_kv_heads", "window_pattern", "max_seq_len", "smear", "backout")
 # Plan learning-rate group -> TrainConfig field.
 LR_FIELDS = {"matrix": "matrix_lr", "embedding": "embedding_lr", "value_embedding": "value_embedding_lr",
              "lm_head": "lm_head_lr", "resid_lambda": "resid_lambda_lr", "x0_lambda": "x0_lambda_lr"}

@@ -21,6 +21,7 @@ from picochat.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints
 from picochat.config import format_config, save_config
 from picochat.data.dataset import Dataset, open_dataset
 from picochat.errors import PicochatError
+from picochat.model.config import GPTConfig
 from picochat.runtime import Runtime, print0
 from picochat.scaling import Plan, load_constants, make_plan
 from picochat.tokenizer import Tokenizer
@@ -30,7 +31,7 @@ from picochat.train.config import LR_FIELDS, SHAPE_FIELDS, TrainConfig
 
 @dataclass
 class RunSetup:
-    cfg: TrainConfig  # resolved: no field is None except n_kv_heads (= n_heads)
+    cfg: TrainConfig  # resolved: no field is None except n_kv_heads (= n_heads) and one of ratio / target_flops
     plan: Plan
     dataset: Dataset
     tokenizer: Tokenizer
@@ -54,8 +55,8 @@ def default_explicit(cfg: TrainConfig) -> set[str]:
 
 def merge_resumed(cfg: TrainConfig, saved: dict, explicit: set[str], checkpoint: Path) -> TrainConfig:
     """The saved run's config, with the flags given now on top; a changed model shape is refused."""
-    changed = [f"--{name.replace('_', '-')} {saved[name]} -> {getattr(cfg, name)}"
-               for name in SHAPE_FIELDS if name in explicit and getattr(cfg, name) != saved[name]]
+    changed = [f"--{name.replace('_', '-')} {saved.get(name)} -> {getattr(cfg, name)}"
+               for name in SHAPE_FIELDS if name in explicit and getattr(cfg, name) != saved.get(name)]
     if changed:
         raise PicochatError(f"--resume cannot change the model shape of {checkpoint} ({'; '.join(changed)}); "
                             f"drop those flags to resume, or start a new run with --run NEW")
@@ -103,6 +104,7 @@ def check_ranges(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, .
 
 
 TRAIN_POSITIVE = ("depth", "aspect_ratio", "head_dim", "n_kv_heads", "max_seq_len", "num_iterations", "ratio",
+                  "target_flops",
                   "total_batch_size", "device_batch_size", "eval_tokens", "loader_buffer_docs", "core_max_per_task")
 TRAIN_NON_NEGATIVE = (*LR_FIELDS.values(), "weight_decay", "warmup_steps", "warmdown_ratio", "final_lr_frac",
                       "eval_every", "sample_every", "save_every", "keep_checkpoints", "log_every", "core_every")
@@ -124,7 +126,7 @@ def resolve(cfg: TrainConfig, plan: Plan, tokenizer: Tokenizer, runtime: Runtime
     derived = {
         "tokenizer": tokenizer.name, "run": cfg.run_name(), "num_iterations": plan.num_steps,
         "total_batch_size": plan.total_batch_size, "weight_decay": plan.weight_decay,
-        "warmup_steps": plan.warmup_steps, "ratio": plan.constants.ratio,
+        "warmup_steps": plan.warmup_steps, "ratio": None if cfg.target_flops else plan.constants.ratio,
         "device": runtime.device.type, "dtype": str(runtime.dtype).removeprefix("torch."),
         "compile": runtime.device.type == "cuda",
         **{field: plan.learning_rates[group] for group, field in LR_FIELDS.items()},
@@ -147,11 +149,14 @@ def prepare_run(cfg: TrainConfig, explicit: set[str] | None, runtime: Runtime) -
     tokenizer = load_tokenizer(cfg)
     shape = model_config(cfg, tokenizer.vocab_size)
     if resume_from is not None:
-        check_same_shape(dataclasses.asdict(shape), read_meta(resume_from)["model_config"], resume_from)
+        saved_shape = GPTConfig(**read_meta(resume_from)["model_config"])  # a flag it predates: its default
+        check_same_shape(dataclasses.asdict(shape), dataclasses.asdict(saved_shape), resume_from)
     plan = make_plan(cfg.depth, tokenizer.vocab_size, cfg.aspect_ratio, cfg.head_dim, cfg.max_seq_len,
                      cfg.window_pattern, cfg.ratio, cfg.total_batch_size, cfg.num_iterations,
                      constants=load_constants(cfg.constants) if cfg.constants else None,
-                     n_kv_heads=cfg.n_kv_heads)
+                     n_kv_heads=cfg.n_kv_heads, smear=cfg.smear, backout=cfg.backout,
+                     # a resumed run keeps the steps its budget gave (saved in num_iterations)
+                     target_flops=cfg.target_flops if resume_from is None else None)
     cfg = resolve(cfg, plan, tokenizer, runtime)
     accum = check_batch(cfg.total_batch_size, cfg.device_batch_size, cfg.max_seq_len, runtime.world_size)
     if cfg.fp8:

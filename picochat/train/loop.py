@@ -27,7 +27,7 @@ from picochat.runtime import DTYPES, Runtime, print0
 from picochat.train.evaluation import is_due
 from picochat.train.lifecycle import GcFreeze, LoopState, StopRequest, check_finite_loss
 from picochat.train.metrics import METRICS_FILE, Logger, make_logger, truncate_metrics
-from picochat.train.mfu import MfuHealthCheck, peak_flops
+from picochat.train.mfu import MfuHealthCheck, cpu_rate_fields, peak_flops
 from picochat.train.schedule import apply_schedules, is_muon_group
 from picochat.train.step import GradScaler, StepResult, train_step
 
@@ -152,7 +152,8 @@ def measure(s: Session, result: StepResult, work: StepWork, seconds: float, lrm:
             "loss": result.loss, "lr": matrix_lr(s.optimizer) * lrm, "lrm": lrm,
             "tok_per_sec": work.tokens / seconds, "mfu": work.flops / seconds / (s.peak_flops * s.runtime.world_size),
             "data_wait": result.data_wait / seconds, "skipped": result.skipped,
-            "peak_memory": peak_memory_bytes(s.runtime.device), **work.record}
+            "peak_memory": peak_memory_bytes(s.runtime.device),
+            **cpu_rate_fields(s.runtime.device, work.tokens / seconds, s.peak_flops), **work.record}
 
 
 def matrix_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -55,7 +55,7 @@ def progress_line(record: dict, num_iterations: int) -> str:
 # what a stage or an evaluation adds to a record, shown on the console line when present
 SHOWN_WHEN_PRESENT = (("val_bpb", "val bpb {:.4f}"), ("val_tokens", "over {:,} tokens"), ("core", "CORE {:.4f}"),
                       ("chatcore", "ChatCORE {:.4f}"), ("mean_reward", "reward {:.3f}"),
-                      ("heldout_pass@k", "held-out pass@k {:.3f}"))
+                      ("heldout_pass@k", "held-out pass@k {:.3f}"), ("tok_per_peak_gflop", "{:.2f} tok/s per peak GFLOP/s"))
 EVALUATION_FIELDS = ("val_bpb", "core", "chatcore", "heldout_pass@k")
 
 

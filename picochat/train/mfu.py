@@ -2,19 +2,28 @@
 
 MFU = flops_per_token x tokens/s / (peak x devices). GPU peaks come from the datasheet
 table (always the bf16 dense peak, also under fp8, as nanochat reports it); on CPU there is
-no datasheet, so the peak is measured once at start by timing a large fp32 matmul.
+no datasheet, so the peak is an fp32 matmul measured once per machine and kept, with the date,
+in $PICOCHAT_HOME/hardware/cpu_peak.json: measured at every start it would move with whatever
+else loads the machine that minute, and runs on different days could not be compared.
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
+import platform
 import time
+from datetime import date
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from picochat import hardware
+from picochat.runtime import picochat_home
 
 HEALTHY_MFU = 0.40  # seed §5: "train/mfu should be >40%"
+CPU_PEAK_MATMUL = 2048  # large enough to run at the BLAS kernel's speed, about a second on 2 cores
 
 
 def gpu_peak_flops(device_name: str) -> float | None:
@@ -36,6 +45,35 @@ def measure_matmul_flops(device: torch.device | str = "cpu", size: int = 1024, r
     return 2 * size**3 / best
 
 
+def cpu_peak_file() -> Path:
+    return picochat_home() / "hardware" / "cpu_peak.json"
+
+
+def cpu_machine_key() -> str:
+    """What the measured peak depends on: the host, its processor, the threads torch uses, torch's build."""
+    return f"{platform.node()}|{platform.processor() or platform.machine()}|{torch.get_num_threads()} threads|" \
+           f"torch {torch.__version__}"
+
+
+def cpu_peak_flops() -> tuple[float, str]:
+    """The fp32 matmul peak of this machine, measured on first use and then read from cpu_peak_file()."""
+    path, key = cpu_peak_file(), cpu_machine_key()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = {"flops": measure_matmul_flops("cpu", CPU_PEAK_MATMUL, repeats=5),
+                      "measured": date.today().isoformat(), "matmul": CPU_PEAK_MATMUL}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(known, indent=1) + "\n")
+        temporary.replace(path)  # atomic: ranks and runs starting together never read half a file
+    entry = known[key]
+    return entry["flops"], (f"fp32 {entry['matmul']}² matmul measured on {entry['measured']}, kept in {path} "
+                            f"(delete it to measure again)")
+
+
 def peak_flops(device: torch.device, device_name: str) -> tuple[float, str]:
     """(peak FLOP/s per device, where it came from)."""
     if device.type == "cuda":
@@ -43,7 +81,15 @@ def peak_flops(device: torch.device, device_name: str) -> tuple[float, str]:
         if peak is not None:
             return peak, f"datasheet bf16 peak of {device_name}"
         return measure_matmul_flops(device, 8192, dtype=torch.bfloat16), f"measured bf16 matmul on {device_name}"
+    if device.type == "cpu":
+        return cpu_peak_flops()
     return measure_matmul_flops(device), f"measured fp32 matmul on {device.type}"
+
+
+def cpu_rate_fields(device: torch.device, tokens_per_sec: float, peak: float) -> dict:
+    """On a CPU, tok/s per GFLOP/s of the machine's kept peak: a rate that compares runs across days and
+    machines (MFU hides it behind the model's FLOPs per token). Nothing on accelerators."""
+    return {"tok_per_peak_gflop": tokens_per_sec / (peak / 1e9)} if device.type == "cpu" else {}
 
 
 def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak: float, world_size: int) -> float:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 import picochat
-from picochat.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints, read_meta, run_dir
+from picochat.checkpoint import CHECKPOINTS, check_tokenizer, latest_checkpoint, list_checkpoints, read_meta, run_dir
 from picochat.config import format_config, save_config
 from picochat.data.dataset import Dataset, open_dataset
 from picochat.errors import PicochatError
@@ -80,6 +80,7 @@ def resume_point(run: Path, name: str, resume: bool, force: bool, runtime: Runti
             raise PicochatError(f"--resume: run {name!r} has no checkpoint in {run / CHECKPOINTS}; "
                                 f"start it without --resume (or name the run with --run)")
         check_same_world(read_meta(found), runtime.world_size, found)
+        check_tokenizer(read_meta(found), found)  # before the shape check: a retrained tokenizer, named as such
         return found
     if list_checkpoints(run):
         if not force:

@@ -443,6 +443,10 @@ class InMemoryDataset:
     def read_row_group(self, split, shard_index, row_group_index):
         return [f"document {row_group_index} {i} " * (3 + i) for i in range(20)]
 
+    def iter_documents(self, split):
+        for row_group_index in range(2):
+            yield from self.read_row_group(split, 0, row_group_index)
+
 
 def test_cli_bpb_prints_json(tmp_path, monkeypatch, capsys):
     from picochat.cli import main

@@ -14,8 +14,18 @@ from pathlib import Path
 
 
 def field_help(text: str, **extra) -> dict:
-    """A field's metadata: its flag's help text, plus e.g. `choices` or `metavar`."""
+    """A field's metadata: its flag's help text, plus e.g. `choices`, `metavar` or `parse` (the flag's parser)."""
     return {"help": text, **extra}
+
+
+def int_or_auto(text: str) -> int | None:
+    """A flag's integer, or None ("derived") for `auto`."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
 
 
 def _base_type(annotation):
@@ -50,7 +60,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] 
         else:
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
-            parser.add_argument(flag_name(f.name), type=kind if kind in (int, float, str) else str,
+            parse = f.metadata.get("parse") or (kind if kind in (int, float, str) else str)
+            parser.add_argument(flag_name(f.name), type=parse,
                                 metavar=f.metadata.get("metavar", kind.__name__.upper() if isinstance(kind, type) else "X"),
                                 **kwargs)
 

@@ -5,11 +5,15 @@ import argparse
 import dataclasses
 import json
 
+import torch
+
 from picochat.config import add_config_args, config_from_args
 from picochat.errors import PicochatError
 from picochat.hardware import PEAK_FLOPS
 from picochat.model.config import GPTConfig
+from picochat.runtime import DTYPES
 from picochat.scaling import Plan, ScalingConstants, load_constants, plan_for_config
+from picochat.train.memory import HEADROOM, available_memory, estimate_memory, fit_by_memory_model, gib
 
 
 def register(subparsers) -> None:
@@ -27,6 +31,13 @@ def register(subparsers) -> None:
     parser.add_argument("--n-gpus", type=int, default=1, metavar="N", help="GPUs sharing the run (default: 1)")
     parser.add_argument("--constants", default=None, metavar="FILE", help="JSON of fitted constants (`picochat fit`) replacing the seed's")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--memory", action="store_true",
+                        help="also the memory one rank needs (weights, gradients, optimizer, activations) and the "
+                             "largest micro-batch that fits, as --device-batch-size auto picks it off CUDA")
+    parser.add_argument("--device-batch-size", type=int, default=32, metavar="ROWS", help="with --memory (default: 32)")
+    parser.add_argument("--dtype", default="bfloat16", choices=list(DTYPES), help="with --memory (default: bfloat16)")
+    parser.add_argument("--memory-gib", type=float, default=None, metavar="GIB",
+                        help="with --memory: memory to fit into (default: what this machine has free)")
     parser.set_defaults(func=run_plan)
 
 
@@ -46,7 +57,27 @@ def run_plan(args: argparse.Namespace) -> int:
         print(json.dumps({**plan.to_dict(), "estimate": estimate}, indent=2))
     else:
         print(format_plan(plan, f"{hours:.2f} h on {args.n_gpus}x {args.gpu} at {args.mfu:.0%} MFU"))
+    if args.memory:
+        print(format_memory(plan, args))
     return 0
+
+
+def format_memory(plan: Plan, args: argparse.Namespace) -> str:
+    if args.device_batch_size < 1:
+        raise PicochatError(f"--device-batch-size {args.device_batch_size} must be at least 1")
+    dtype, seq_len, world = DTYPES[args.dtype], plan.config.max_seq_len, args.n_gpus
+    free = int(args.memory_gib * 2**30) if args.memory_gib is not None else available_memory(torch.device("cpu"))
+    where = f"{args.memory_gib:g} GiB" if args.memory_gib is not None else f"this machine's {gib(free)} free"
+    estimate = estimate_memory(plan.config, args.device_batch_size, seq_len, dtype, world)
+    lines = [f"memory per rank, {args.device_batch_size} x {seq_len} tokens per micro-batch, {args.dtype}, "
+             f"{world} rank(s) (eager; compile saves activations):", *estimate.lines()]
+    try:
+        fitted = fit_by_memory_model(plan.config, plan.total_batch_size, seq_len, dtype, world, free)
+        lines.append(f"largest micro-batch in {where} ({HEADROOM:.0%} of it): {fitted} rows, "
+                     f"{plan.total_batch_size // (fitted * seq_len * world)} accumulation steps")
+    except PicochatError as refusal:
+        lines.append(f"in {where}: {refusal}")
+    return "\n".join(lines)
 
 
 def format_plan(plan: Plan, estimate: str) -> str:

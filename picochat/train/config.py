@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from picochat.config import field_help
+from picochat.config import field_help, int_or_auto
 
 
 
@@ -35,7 +35,9 @@ class TrainConfig:
     constants: str | None = field(default=None, metadata=field_help(
         "JSON file of fitted scaling constants (`picochat fit --write-constants`); derived: the seed's"))
     total_batch_size: int | None = field(default=None, metadata=field_help("tokens per optimizer step, over all devices"))
-    device_batch_size: int = field(default=32, metadata=field_help("sequences per micro-batch per device (memory only)"))
+    device_batch_size: int | None = field(default=32, metadata=field_help(
+        "sequences per micro-batch per device (memory only); auto: the largest that fits", parse=int_or_auto,
+        metavar="ROWS|auto"))
     # Optimizer (None: from the plan).
     matrix_lr: float | None = field(default=None, metadata=field_help("Muon LR for the block matrices"))
     embedding_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the token embedding"))

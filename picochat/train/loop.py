@@ -25,6 +25,7 @@ from picochat.errors import PicochatError
 from picochat.model.gpt import GPT
 from picochat.runtime import DTYPES, Runtime, print0
 from picochat.train.evaluation import is_due
+from picochat.train.fit_batch import out_of_memory_advice
 from picochat.train.lifecycle import GcFreeze, LoopState, StopRequest, check_finite_loss
 from picochat.train.metrics import METRICS_FILE, Logger, make_logger, truncate_metrics
 from picochat.train.mfu import MfuHealthCheck, cpu_rate_fields, peak_flops
@@ -249,6 +250,8 @@ def run_stage(stage: Stage, plan: LoopPlan, runtime: Runtime, model: GPT, optimi
     session = start_session(stage, plan, runtime, model, optimizer, resume_from, dtype_name)
     try:
         run_loop(session)
+    except torch.OutOfMemoryError as error:  # say which flag to lower, by how much
+        raise out_of_memory_advice(plan.device_batch_size, session.state.step + 1) from error
     finally:
         stage.close()
         session.logger.close()

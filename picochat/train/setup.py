@@ -26,6 +26,7 @@ from picochat.runtime import Runtime, print0
 from picochat.scaling import Plan, load_constants, make_plan
 from picochat.tokenizer import Tokenizer
 from picochat.train.build import check_fp8, model_config
+from picochat.train.fit_batch import fit_device_batch
 from picochat.train.config import LR_FIELDS, SHAPE_FIELDS, TrainConfig
 
 
@@ -159,6 +160,9 @@ def prepare_run(cfg: TrainConfig, explicit: set[str] | None, runtime: Runtime) -
                      # a resumed run keeps the steps its budget gave (saved in num_iterations)
                      target_flops=cfg.target_flops if resume_from is None else None)
     cfg = resolve(cfg, plan, tokenizer, runtime)
+    if cfg.device_batch_size is None:  # --device-batch-size auto
+        cfg = dataclasses.replace(cfg, device_batch_size=fit_device_batch(shape, cfg.total_batch_size,
+                                                                          cfg.max_seq_len, runtime))
     accum = check_batch(cfg.total_batch_size, cfg.device_batch_size, cfg.max_seq_len, runtime.world_size)
     if cfg.fp8:
         check_fp8(runtime, cfg.compile)

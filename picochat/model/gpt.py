@@ -139,7 +139,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if q_start == 0 and window < T and _can_use_flex(q):
         return flex_window_attention(q, k, v, window, scale)
     # one query sees every key left after the cut; T queries over T keys inside the window are plain causal
-    is_causal = T > 1 and L == T and window >= T
+    # (branched on, so that a compile with a dynamic length passes SDPA a bool, not a symbolic one: a graph break)
+    is_causal = True if T > 1 and L == T and window >= T else False  # noqa: SIM210
     mask = None if T == 1 or is_causal else window_mask(q_start, T, first_key, L, window, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
                                           enable_gqa=q.size(1) != k.size(1))

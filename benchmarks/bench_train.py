@@ -1,6 +1,7 @@
 """Training throughput of `picochat train`: tokens/s, MFU and peak memory, from the run's metrics.jsonl.
 
     python benchmarks/bench_train.py                      # d4 on this CPU: head dim 64, seq 512, 16x512 tokens/step, vocab 32768, fp32
+    python benchmarks/bench_train.py --compile --steps 12 # the same compiled (compile time reported apart)
     python benchmarks/bench_train.py --depth 12 --device cuda --device-batch-size 32 --max-seq-len 2048 \
         --total-batch-size 524288 --steps 200 [--fp8]     # a lent H100
 
@@ -41,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bf16 on SM80+ GPUs")
     parser.add_argument("--fp8", action="store_true")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model (default: on for CUDA); its time is reported apart")
     return parser.parse_args()
 
 
@@ -60,19 +63,24 @@ def main() -> None:
                       max_seq_len=args.max_seq_len, device_batch_size=args.device_batch_size,
                       total_batch_size=args.total_batch_size, num_iterations=args.steps, eval_every=0,
                       eval_tokens=args.device_batch_size * args.max_seq_len, sample_every=0, save_every=0,
-                      keep_checkpoints=1, device=args.device, dtype=args.dtype, fp8=args.fp8)
+                      keep_checkpoints=1, device=args.device, dtype=args.dtype, fp8=args.fp8, compile=args.compile)
     train(cfg)
-    records = read_metrics(run_dir(run) / METRICS_FILE)[1:]  # the first step warms up / compiles
+    steps = [r for r in read_metrics(run_dir(run) / METRICS_FILE) if r.get("tok_per_sec")]
+    first, records = steps[0], steps[1:]  # the first step warms up / compiles
+    step_seconds = statistics.median(r["time"] - previous["time"] for previous, r in zip(steps, records))
     result = {
         "depth": args.depth, "seq_len": args.max_seq_len, "tokens_per_step": args.total_batch_size,
         "tokenizer": tokenizer, "vocab_size": Tokenizer.load(tokenizer).vocab_size, "device": cfg.device or "auto", "fp8": args.fp8, "steps_timed": len(records),
         "tok_per_sec": statistics.median(r["tok_per_sec"] for r in records),
         "mfu": statistics.median(r["mfu"] for r in records),
+        "compile": args.compile, "first_step_seconds": round(first["time"], 2),
+        "compile_seconds": round(first["time"] - step_seconds, 2),  # the first step's excess over a median step
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "reference_cpu_tok_per_sec": REFERENCE_CPU_TOK_PER_SEC,
     }
     print(f"tok/s {result['tok_per_sec']:,.0f} (reference CPU ~{REFERENCE_CPU_TOK_PER_SEC:,}) | "
-          f"MFU {100 * result['mfu']:.1f}%")
+          f"MFU {100 * result['mfu']:.1f}% | first step {result['first_step_seconds']} s "
+          f"(warm-up and any compile: about {result['compile_seconds']} s more than a step)")
     print(json.dumps(result))
 
 

@@ -297,3 +297,15 @@ def test_without_the_hf_extra_export_says_how_to_install_it(home, tmp_path, caps
     with pytest.raises(SystemExit):
         main(["export", "--run", "base", "--out", str(tmp_path / "out")])
     assert "pip install -e '.[hf]'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_exported_weights_are_readable_by_others_like_any_file_written_here(tmp_path):
+    """safetensors writes 0600 files; an export is for sharing, so its weights follow the umask."""
+    import os
+    import stat
+    from picochat.export.weights import save_weights
+    files = save_weights({"a": torch.ones(300), "b": torch.ones(300)}, tmp_path, torch.float32, max_shard_bytes=1500)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert len(files) == 3  # two shards and the index
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~umask}

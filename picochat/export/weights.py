@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -27,17 +28,26 @@ def shard_names(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[li
     return shards
 
 
+def write_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors writes owner-only (0600) files; an export is made to be shared, so it gets the
+    permissions of any other file this process writes (0666 less the umask)."""
+    save_file(tensors, path, metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
 def save_weights(state: dict[str, torch.Tensor], out: Path, dtype: torch.dtype,
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[Path]:
     """Write `state` cast to `dtype`; returns the files written."""
     state = {name: t.detach().to("cpu", dtype).contiguous() for name, t in state.items()}
     shards = shard_names(state, max_shard_bytes)
     if len(shards) == 1:
-        save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt"})
+        write_shard(state, out / WEIGHTS_FILE)
         return [out / WEIGHTS_FILE]
     files = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
     for file, names in zip(files, shards):
-        save_file({name: state[name] for name in names}, out / file, metadata={"format": "pt"})
+        write_shard({name: state[name] for name in names}, out / file)
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total},
              "weight_map": {name: file for file, names in zip(files, shards) for name in names}}

@@ -11,7 +11,7 @@ import torch.nn.attention.flex_attention as flex_module
 
 import picochat.model.gpt as gpt
 from picochat.model.gpt import GPT, causal_attention, flex_window_attention
-from tests.test_model import randomize, tiny_config, tokens
+from test_model import randomize, tiny_config, tokens
 
 T = 200
 TOLERANCE = 1e-5  # fp32: both paths are exact softmax attention; only the summation order differs

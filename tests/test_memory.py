@@ -16,7 +16,7 @@ from picochat.train.fit_batch import largest_that_fits, out_of_memory_advice
 from picochat.train.memory import (HEADROOM, estimate_memory, fit_by_memory_model, saved_bytes_per_token,
                                    weight_casts)
 from picochat.train.setup import prepare_run
-from tests.test_train import tiny_config, tiny_home  # noqa: F401  (the module's dataset and tokenizer)
+from test_train import tiny_config, tiny_home  # noqa: F401  (the module's dataset and tokenizer)
 
 SHAPE = GPTConfig(depth=4, vocab_size=4096, aspect_ratio=32, head_dim=16, max_seq_len=64, window_pattern="SL")
 

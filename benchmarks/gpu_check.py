@@ -35,6 +35,9 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+if importlib.util.find_spec("rustbpe") is None:  # picochat.tokenizer imports it: say so before a traceback does
+    sys.exit("gpu_check: rustbpe is not installed and picochat's tokenizer needs it; pip install rustbpe "
+             "(on a machine without a network, carry its wheel)")
 import bench_infer  # noqa: E402  (decode tokens/s and bandwidth, shared with the inference benchmark)
 
 from picochat import hardware  # noqa: E402
@@ -112,10 +115,6 @@ def check_data(ctx: Context) -> dict:
     ensure_pystdlib(ctx.sizes.pystdlib_files)
     ctx.tokenizer = f"pystdlib-check-{ctx.sizes.vocab}"
     if not (tokenizers_dir() / ctx.tokenizer / "meta.json").is_file():
-        if importlib.util.find_spec("rustbpe") is None:
-            raise RuntimeError(f"rustbpe is not installed, so tokenizer {ctx.tokenizer} cannot be trained here: carry "
-                               f"its wheel, or a PICOCHAT_HOME prepared elsewhere with `gpu_check.sh --only data "
-                               f"--sizes {'gpu' if ctx.sizes is GPU_SIZES else 'cpu'}`")
         documents = open_dataset("pystdlib").iter_documents("train")
         train_tokenizer(documents, ctx.tokenizer, ctx.sizes.vocab, ctx.sizes.tokenizer_chars, dataset="pystdlib")
     return {"dataset": "pystdlib", "tokenizer": ctx.tokenizer}

@@ -96,3 +96,9 @@ def test_plan_memory_prints_the_breakdown_and_the_fit(capsys):
         assert part in out
     assert main(["plan", "--depth", "12", "--memory", "--memory-gib", "0.5"]) == 0
     assert "even 1 row" in capsys.readouterr().out
+
+
+def test_device_batch_size_takes_a_number_or_auto(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--device-batch-size", "many"])
+    assert exit_info.value.code == 2 and "expected an integer or auto, got 'many'" in capsys.readouterr().err

@@ -75,10 +75,6 @@ CPU_SIZES = Sizes(matmul=512, vocab=512, tokenizer_chars=300_000, pystdlib_files
 SUBPROCESS_TIMEOUT_S = 240  # one training run; the whole check stays under 8 minutes on an H100
 
 
-class Skip(Exception):
-    """A check that cannot run on this machine; the message says why."""
-
-
 @dataclass
 class Context:
     device: torch.device

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 import picochat.train.fit_batch as fit_batch
+import picochat.train.loop as loop
 from picochat.cli import main
 from picochat.errors import PicochatError
 from picochat.model.config import GPTConfig
 from picochat.model.gpt import GPT
 from picochat.runtime import Runtime
+from picochat.train import pretrain
 from picochat.train.fit_batch import largest_that_fits, out_of_memory_advice
 from picochat.train.memory import (HEADROOM, estimate_memory, fit_by_memory_model, saved_bytes_per_token,
                                    weight_casts)
@@ -102,3 +104,11 @@ def test_device_batch_size_takes_a_number_or_auto(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--device-batch-size", "many"])
     assert exit_info.value.code == 2 and "expected an integer or auto, got 'many'" in capsys.readouterr().err
+
+
+def test_out_of_memory_in_a_step_is_a_one_line_error_naming_the_flag(tiny_home, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(loop, "train_step", out_of_memory)
+    with pytest.raises(PicochatError, match="out of device memory at step 1 with --device-batch-size 4; lower it to 2"):
+        pretrain.train(tiny_config(run="oom", num_iterations=2, eval_every=0, save_every=0))

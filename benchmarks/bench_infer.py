@@ -10,15 +10,17 @@ Bandwidth utilisation = bytes read per decode step (every weight matrix once, th
 batch looks up, and each row's keys and values inside each layer's window) / step time / peak bandwidth:
 the datasheet figure on a GPU (picochat/hardware.py), a measured tensor copy on a CPU. Decoding at small
 batches is bound by that bandwidth, which is why a batch of 32 costs about what a batch of 1 does.
-The load test starts the real server on a loopback port and keeps N streaming clients busy for a fixed
-time, once with continuous batching (--max-batch N) and once without (--max-batch 1); a lone client
+The load test starts the real server in its own process (as deployed) on a loopback port and keeps N streaming
+clients busy for a fixed time, once with continuous batching (--max-batch N) and once without (--max-batch 1); a lone client
 gives the time-to-first-token to compare against. The last line of output is one JSON object.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
+import multiprocessing
 import statistics
 import sys
 import threading
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from infer_helpers import running_server, tiny_tokenizer  # noqa: E402  (the tests' tokenizer and server)
+from infer_helpers import free_port, tiny_tokenizer  # noqa: E402  (the tests' tokenizer)
 
 from picochat.hardware import peak_bandwidth  # noqa: E402
 from picochat.infer.engine import Batch, Engine, SamplingParams  # noqa: E402
@@ -162,15 +164,49 @@ def stream_once(port: int, body: bytes) -> tuple[float, float, int]:
     return first or float("nan"), time.perf_counter() - started, chunks
 
 
-def load_test(engine: Engine, clients: int, seconds: float, max_batch: int, max_tokens: int, prompt_len: int) -> dict:
+def serve_in_child(args: argparse.Namespace, config: dict, port: int) -> None:
+    """The server process: the benchmark's model behind `picochat serve`'s app on a loopback port."""
+    import uvicorn  # noqa: PLC0415  (the server's own dependency)
+
+    from picochat.infer.server import create_app  # noqa: PLC0415
+    engine = load(args, torch.device(args.device))
+    uvicorn.run(create_app(engine, "bench", ServeConfig(**config)), host="127.0.0.1", port=port, log_level="warning")
+
+
+@contextlib.contextmanager
+def server_process(args: argparse.Namespace, config: dict):
+    """A real server in its own process, as deployed: clients in this process share no interpreter lock with it."""
+    port = free_port()
+    child = multiprocessing.get_context("spawn").Process(target=serve_in_child, args=(args, config, port), daemon=True)
+    child.start()
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or not child.is_alive():
+            child.kill()
+            raise RuntimeError(f"the benchmark server did not start on port {port}")
+        time.sleep(0.2)
+    try:
+        yield port
+    finally:
+        child.terminate()
+        child.join(timeout=10)
+
+
+def load_test(args: argparse.Namespace, clients: int, seconds: float, max_batch: int) -> dict:
     """`clients` threads each sending streaming requests back to back for `seconds`; requests still running at
     the end are finished and counted, so the window is a lower bound on the test's length."""
-    config = ServeConfig(rate_per_minute=0, max_batch=max_batch, max_queue=clients + 1, max_tokens=max_tokens)
-    text = "hello " * max(1, prompt_len // 2)
+    config = {"rate_per_minute": 0, "max_batch": max_batch, "max_queue": clients + 1, "max_tokens": args.max_tokens}
+    text = "hello " * max(1, args.decode_prompt // 2)
     results, lock = [], threading.Lock()
-    with running_server(engine, "bench", config) as url:
-        port = int(url.rsplit(":", 1)[1])
-        body = json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+    with server_process(args, config) as port:
+        body = json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": args.max_tokens,
                            "temperature": 0, "stream": True}).encode()
         stream_once(port, body)  # warm-up
         deadline = time.perf_counter() + seconds
@@ -236,9 +272,9 @@ def main() -> None:
                                           * itemsize / 2**20, 2)
     report["ttft_alone_s"] = round(time_to_first_token(engine, args.decode_prompt, 3), 4)
     if args.clients:
-        lone = load_test(engine, 1, args.seconds / 3, 1, args.max_tokens, args.decode_prompt)
-        batched = load_test(engine, args.clients, args.seconds, args.clients, args.max_tokens, args.decode_prompt)
-        unbatched = load_test(engine, args.clients, args.seconds, 1, args.max_tokens, args.decode_prompt)
+        lone = load_test(args, 1, args.seconds / 3, 1)
+        batched = load_test(args, args.clients, args.seconds, args.clients)
+        unbatched = load_test(args, args.clients, args.seconds, 1)
         report["server"] = {"lone_client": lone, "batched": batched, "unbatched": unbatched,
                             "throughput_ratio": round(batched["tok_s"] / max(unbatched["tok_s"], 1e-9), 2),
                             "ttft_p50_vs_lone": round(batched["ttft_p50_s"] / max(lone["ttft_p50_s"], 1e-9), 2)}

@@ -69,7 +69,7 @@ class ReplyScriptModel(torch.nn.Module):
         self.real, self.script, self.end, self.pace, self.written = real, script, end, pace, 0
         self.config, self.compute_dtype = real.config, real.compute_dtype
 
-    def forward(self, idx, kv_cache=None):
+    def forward(self, idx, kv_cache=None, last_only=False):  # last_only: the logits below are all read at -1
         self.real(idx, kv_cache=kv_cache)
         self.written = 0 if idx.size(1) > 1 else self.written + 1
         time.sleep(self.pace)

@@ -88,7 +88,7 @@ class ScriptedModel(torch.nn.Module):
         self.fed: list[int] = []  # the token fed at each decode step
         self.calls = 0
 
-    def forward(self, idx, kv_cache=None):
+    def forward(self, idx, kv_cache=None, last_only=False):  # last_only: the logits below are all read at -1
         self.real(idx, kv_cache=kv_cache)  # keeps the cache's position honest
         if self.calls:
             self.fed.append(int(idx[0, -1]))
@@ -190,10 +190,12 @@ def decode_together(engine, jobs: list[tuple[list[int], SamplingParams, int]], m
     batch = Batch(engine, max_rows, engine.context_length)
     outputs, handles, step = [None] * len(jobs), {}, 0
     while len(handles) < len(jobs) or batch.slots:
-        for j, (prompt, params, joins_at) in enumerate(jobs):
-            if joins_at == step:
-                handles[batch.add(prompt, params)] = j
-                outputs[j] = [[] for _ in range(params.num_samples)]
+        arriving = [j for j, (_, _, joins_at) in enumerate(jobs) if joins_at == step]
+        if arriving:  # prefilled together, as the server's scheduler does: one forward per prompt length
+            requests = batch.add_together([(jobs[j][0], jobs[j][1]) for j in arriving])
+            for j, request in zip(arriving, requests):
+                handles[request] = j
+                outputs[j] = [[] for _ in range(jobs[j][1].num_samples)]
         for request, tokens in batch.step():
             for row, token in zip(outputs[handles[request]], tokens):
                 if token is not None:
@@ -211,8 +213,10 @@ def test_requests_decoded_together_equal_each_decoded_alone(engine, tok):
         (prompt_ids(tok, 17), SamplingParams(max_tokens=6, temperature=0.7, top_p=0.9, seed=9), 3),
         (prompt_ids(tok, 9), SamplingParams(max_tokens=15, temperature=1.3, seed=11), 7),
         (prompt_ids(tok, 33), SamplingParams(max_tokens=10, temperature=0), 8),
+        (prompt_ids(tok, 17)[::-1], SamplingParams(max_tokens=9, temperature=0), 3),  # prefilled with the 17 above
+        (prompt_ids(tok, 5)[::-1], SamplingParams(max_tokens=8, temperature=0.9, seed=3), 0),  # and with the 5
     ]
-    together = decode_together(engine, jobs, max_rows=6)
+    together = decode_together(engine, jobs, max_rows=8)
     alone = [decode_alone(engine, prompt, params) for prompt, params, _ in jobs]
     assert together == alone
     assert sum(len(row) for rows in alone for row in rows) > 40, "the rows stopped too early to mean much"
@@ -246,7 +250,7 @@ class SuccessorModel(ScriptedModel):
         super().__init__(real, [default])
         self.successor, self.default = successor, default
 
-    def forward(self, idx, kv_cache=None):
+    def forward(self, idx, kv_cache=None, last_only=False):  # last_only: the logits below are all read at -1
         self.real(idx, kv_cache=kv_cache)
         logits = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
         for row, last in enumerate(idx[:, -1].tolist()):

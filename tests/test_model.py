@@ -275,3 +275,19 @@ def test_a_width_too_narrow_for_the_value_embedding_gate_is_refused():
     from picochat.model.config import GPTConfig, ModelConfigError
     with pytest.raises(ModelConfigError, match="at least 12"):
         GPTConfig(depth=1, aspect_ratio=4, head_dim=4)
+
+
+def test_last_only_gives_the_last_positions_logits_with_and_without_a_cache():
+    config = tiny_config(window_pattern="SL")
+    model = randomize(build(config))
+    idx = torch.randint(0, config.vocab_size, (2, 11))
+    full = model(idx)
+    last = model(idx, last_only=True)
+    assert last.shape == (2, 1, config.vocab_size)
+    torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=0)
+    cache = KVCache(config, 2, 16)
+    cached = model(idx, kv_cache=cache, last_only=True)
+    torch.testing.assert_close(cached[:, 0], full[:, -1], atol=1e-5, rtol=0)
+    assert cache.positions(2).tolist() == [11, 11]  # the cache still holds every position
+    with pytest.raises(ValueError, match="targets"):
+        model(idx, idx, last_only=True)

@@ -100,11 +100,17 @@ class Engine:
             return Completion(tokens[:-1], "stop")
         return Completion(tokens, "length")
 
-    @torch.no_grad()
     def prefill(self, prompt: list[int]) -> tuple[torch.Tensor, KVCache]:
         """The prompt run through the model into a one-row cache: the next token's logits [1, V] and the cache."""
-        cache = KVCache(self.model.config, 1, len(prompt), self.device, self.model.compute_dtype)
-        return self.model(torch.tensor([prompt], device=self.device), kv_cache=cache)[:, -1], cache
+        return self.prefill_together([prompt])
+
+    @torch.no_grad()
+    def prefill_together(self, prompts: list[list[int]]) -> tuple[torch.Tensor, KVCache]:
+        """Prompts of one length in one forward: each one's next-token logits [k, V] and a k-row cache.
+        Requests arriving together are prefilled together: one at a time, k newcomers would stall the batch
+        k times (32 clients whose replies end on the same step came back as a convoy of serial prefills)."""
+        cache = KVCache(self.model.config, len(prompts), len(prompts[0]), self.device, self.model.compute_dtype)
+        return self.model(torch.tensor(prompts, device=self.device), kv_cache=cache, last_only=True)[:, -1], cache
 
     def next_tokens(self, request: Request, logits: torch.Tensor, greedy: list[int]) -> list[int | None]:
         """Each of the request's rows' next token: forced, sampled from the batch's logits [A, V] (the argmax of
@@ -181,17 +187,35 @@ class Batch:
     def requests(self) -> list[Request]:
         return list(dict.fromkeys(self.slots))
 
-    @torch.no_grad()
     def add(self, prompt: list[int], params: SamplingParams) -> Request:
         """Prefill `prompt` and give it `params.num_samples` rows; its first tokens come at the next step."""
-        budget = self.engine.reply_budget(len(prompt), params.max_tokens)
-        n = params.num_samples
-        if n > self.free_rows or len(prompt) + budget > self.max_len:
+        return self.add_together([(prompt, params)])[0]
+
+    @torch.no_grad()
+    def add_together(self, arrivals: list[tuple[list[int], SamplingParams]]) -> list[Request]:
+        """`add` for several requests at once, those whose prompts have one length prefilled in one forward.
+        All are checked, then all prefilled, then all placed: a failure leaves the batch as it was."""
+        budgets = [self.engine.reply_budget(len(prompt), params.max_tokens) for prompt, params in arrivals]
+        wanted = sum(params.num_samples for _, params in arrivals)
+        longest = max(len(prompt) + budget for (prompt, _), budget in zip(arrivals, budgets))
+        if wanted > self.free_rows or longest > self.max_len:
             raise ValueError(f"the batch has {self.free_rows} free rows of {self.max_len} positions; "
-                             f"the request needs {n} of {len(prompt) + budget}")
-        logits, prefill = self.engine.prefill(prompt)
+                             f"the requests need {wanted} of up to {longest}")
+        by_length: dict[int, list[int]] = {}
+        for i, (prompt, _) in enumerate(arrivals):
+            by_length.setdefault(len(prompt), []).append(i)
+        prefilled = {}
+        for indices in by_length.values():
+            logits, cache = self.engine.prefill_together([arrivals[i][0] for i in indices])
+            prefilled |= {i: (logits[j:j + 1], cache, j) for j, i in enumerate(indices)}
+        return [self._place(params, budget, *prefilled[i]) for i, ((_, params), budget)
+                in enumerate(zip(arrivals, budgets))]
+
+    def _place(self, params: SamplingParams, budget: int, logits: torch.Tensor, prefill: KVCache, row: int) -> Request:
+        """Copy row `row` of a prefilled cache into `params.num_samples` free rows of the batch."""
+        n = params.num_samples
         rows = list(range(len(self.slots), len(self.slots) + n))
-        self.cache.insert(prefill, rows)
+        self.cache.insert(prefill, rows, source_row=row)
         request = Request(params, budget, [RowState() for _ in range(n)],
                           [torch.Generator().manual_seed(params.seed + r) for r in range(n)], rows)
         self.slots += [request] * n

@@ -112,8 +112,8 @@ class Scheduler:
                 leaving = [job for job in self.running.values() if job.cancelled]
                 admitted = self._admit()
             self._release(leaving)
-            for job in admitted:
-                self._start(job)
+            if admitted:
+                self._start(admitted)
             if self.running:
                 self._step()
 
@@ -146,16 +146,23 @@ class Scheduler:
             self.running.pop(job.request, None)
             self.reserved_tokens -= job.reserved_tokens
 
-    def _start(self, job: Job) -> None:
+    def _start(self, jobs: list[Job]) -> None:
+        """Prefill the admitted jobs together; if that fails, one by one, so a bad request fails alone."""
         try:
-            job.request = self.batch.add(job.prompt, job.params)
+            requests = self.batch.add_together([(job.prompt, job.params) for job in jobs])
         except Exception as e:  # noqa: BLE001  (one request's failure is its own, never the server's)
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._start([job])
+                return
             with self.wakeup:
-                self.reserved_tokens -= job.reserved_tokens
-            job.deliver(e)
+                self.reserved_tokens -= jobs[0].reserved_tokens
+            jobs[0].deliver(e)
             return
         with self.wakeup:
-            self.running[job.request] = job
+            for job, request in zip(jobs, requests):
+                job.request = request
+                self.running[request] = job
 
     def _step(self) -> None:
         try:

@@ -314,8 +314,11 @@ class GPT(nn.Module):
         self.sin.copy_(sin)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, loss_reduction: str = "mean") -> torch.Tensor:
-        """Logits [B, T, vocab_size] in fp32, or the cross-entropy against `targets` (ignoring -1)."""
+                kv_cache: KVCache | None = None, loss_reduction: str = "mean", last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, vocab_size] in fp32, or the cross-entropy against `targets` (ignoring -1).
+
+        `last_only`: the last position's logits only, [B, 1, vocab_size]: a prefill needs no more, and at a
+        small width the vocabulary projection is most of a forward's FLOPs."""
         B, T = idx.shape
         start = kv_cache.start(B) if kv_cache is not None else 0  # None: each row at its own position
         end = (start if start is not None else max(kv_cache.lengths[:B])) + T
@@ -342,6 +345,10 @@ class GPT(nn.Module):
             kv_cache.advance(T, B)
         if self.backout_lambda is not None:  # take back the mid-network features the logits do not need
             x = x - self.backout_lambda.to(x.dtype) * x_mid
+        if last_only:
+            if targets is not None:
+                raise ValueError("last_only gives logits; it cannot be combined with targets")
+            x, T = x[:, -1:], 1
         logits = self.lm_head(norm(x))[..., :self.config.vocab_size].float()  # padded vocab rows dropped
         softcap = self.config.softcap
         if targets is None:

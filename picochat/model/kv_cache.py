@@ -93,18 +93,20 @@ class KVCache:
             self.lengths[r] += num_tokens
         self._positions = None
 
-    def insert(self, prefill: KVCache, rows: list[int]) -> None:
-        """Copy a one-row cache (a prefilled prompt) into `rows`, which then continue from its position."""
-        if prefill.batch_size != 1:
-            raise ValueError(f"insert copies a one-row cache, got {prefill.batch_size} rows")
-        length = prefill.lengths[0]
+    def insert(self, prefill: KVCache, rows: list[int], source_row: int = 0) -> None:
+        """Copy row `source_row` of a prefill cache (a prefilled prompt) into `rows`, which then continue from its
+        position."""
+        if not 0 <= source_row < prefill.batch_size:
+            raise ValueError(f"source_row {source_row} is not a row of a {prefill.batch_size}-row cache")
+        length = prefill.lengths[source_row]
         if length > self.max_len:
             raise ValueError(f"max_len {self.max_len} cannot hold the {length} prefilled tokens")
         index = torch.tensor(rows, device=self.k.device)
-        self.k[:, index, :, :length] = prefill.k[:, :, :, :length]  # broadcast over the rows
-        self.v[:, index, :, :length] = prefill.v[:, :, :, :length]
+        source = slice(source_row, source_row + 1)
+        self.k[:, index, :, :length] = prefill.k[:, source, :, :length]  # broadcast over the rows
+        self.v[:, index, :, :length] = prefill.v[:, source, :, :length]
         if self.prev_embed is not None:
-            self.prev_embed[index] = prefill.prev_embed[0]
+            self.prev_embed[index] = prefill.prev_embed[source_row]
         for r in rows:
             self.lengths[r] = length
         self._positions = None

@@ -69,7 +69,7 @@ def device_name(device: torch.device) -> str:
 
 
 def compute_dtype(device: torch.device, override: str | None = None) -> torch.dtype:
-    """bf16 on CUDA with SM >= 80, fp32 elsewhere; `PICOCHAT_DTYPE` overrides (seed §7: no autocast)."""
+    """bf16 on CUDA with SM >= 80, fp32 elsewhere; `PICOCHAT_DTYPE` overrides (no autocast: nanochat dev/LOG.md 2026-03-04)."""
     name = override if override is not None else os.environ.get("PICOCHAT_DTYPE")
     if name:
         if name not in DTYPES:

@@ -1,6 +1,6 @@
 """The calculator the model calls between <|python_start|> and <|python_end|>.
 
-Calculator-grade on purpose (reference facts, "Inference and serving": arithmetic, or strings with
+Calculator-grade on purpose (as nanochat's engine.py calculator: arithmetic, or strings with
 `.count(`): the expression is parsed with `ast` and walked by a small evaluator that knows only
 numbers, strings, + - * / // % **, unary signs, `len(...)` and `str.count(...)`. Nothing is ever handed
 to `eval`, so there are no names, attributes, imports, files or network to reach; every operation

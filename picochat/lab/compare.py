@@ -1,4 +1,5 @@
-"""Runs side by side on the three axes of seed §3: validation bpb against steps, FLOPs and wall-clock.
+"""Runs side by side on three axes: validation bpb against steps, FLOPs and wall-clock (a gain must show
+on each, as nanochat's dev/LOG.md asks).
 
 Curves are compared at common points: a grid over the range every run covers on that axis,
 each run's bpb linearly interpolated onto it. Runs that share a config except the seed are one

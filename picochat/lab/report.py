@@ -160,7 +160,7 @@ def comparison_page(result: dict, plots: list[Path]) -> Page:
     page.heading("Verdict")
     page.text(result["winner"])
     if result["not_comparable"]:
-        page.text("Not comparable, so differences below are not evidence (seed §6):")
+        page.text("Not comparable, so differences below are not evidence (a lower loss can come from scoring other tokens):")
         page.bullets(result["not_comparable"])
     page.bullets([f"caveat: {c}" for c in result["caveats"]])
     for v in result["verdicts"]:

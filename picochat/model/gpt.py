@@ -1,6 +1,6 @@
 """The GPT network: a decoder-only transformer whose every size follows from `GPTConfig`.
 
-Precision is explicit (seed §7): each `Linear` keeps an fp32 master weight and casts it to the dtype of
+Precision is explicit (no autocast: nanochat dev/LOG.md 2026-03-04): each `Linear` keeps an fp32 master weight and casts it to the dtype of
 its input, so the compute dtype is simply the dtype of the activations. Nothing else changes precision
 except the logits, which are soft-capped and returned in fp32.
 """
@@ -72,7 +72,7 @@ def _flash_attn_3():
 
 
 def _can_use_fa3(q: torch.Tensor) -> bool:
-    # FA3 has only bf16/fp16 Hopper kernels (seed §7): fp32 and every other device go through SDPA.
+    # FA3 has only bf16/fp16 Hopper kernels: fp32 and every other device go through SDPA.
     return (q.is_cuda and q.dtype == torch.bfloat16
             and torch.cuda.get_device_capability(q.device)[0] == 9 and _flash_attn_3() is not None)
 
@@ -200,7 +200,7 @@ class MLP(nn.Module):
         self.c_proj = Linear(4 * config.width, config.width)
 
     def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU², better than SwiGLU here (seed §4)
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU², better than SwiGLU at GPT-2 scale (nanochat dev/LOG.md 2026-02-05)
 
 
 class Block(nn.Module):

@@ -90,7 +90,7 @@ def expand_args(args: dict, ctx: SourceContext, source: str) -> dict:
         if isinstance(value, str) and "{data_dir}" in value:
             if ctx.data_dir is None:
                 raise SourceError(f"source {source} reads {value!r}: pass --data-dir DIR "
-                                  f"(e.g. ../shared/data/eval)")
+                                  f"(a folder holding gsm8k/, arc/, mmlu/)")
             value = value.replace("{data_dir}", str(ctx.data_dir))
         expanded[key] = value
     return expanded

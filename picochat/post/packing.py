@@ -2,7 +2,7 @@
 
 As pretraining's loader (picochat/data/packing.py) every row starts at a conversation's BOS and takes
 the largest buffered conversation that still fits; unlike it, when none fits the rest of the row is
-padding whose targets are -1, so no SFT token is lost (reference facts, "Post-training": best fit over
+padding whose targets are -1, so no SFT token is lost (nanochat's scripts/chat_sft.py: best fit over
 a buffer of 100 conversations, padded rather than cropped). Only a conversation longer than a whole row
 is cut, to the row.
 """

@@ -29,7 +29,7 @@ def sample_rows(engine: Engine, prompt: list[int], params: SamplingParams) -> li
 
 
 def advantages(rewards: list[float]) -> list[float]:
-    """Reward minus the group's mean (reference facts: no division by σ)."""
+    """Reward minus the group's mean (as nanochat's scripts/chat_rl.py: no division by σ)."""
     mean = sum(rewards) / len(rewards)
     return [r - mean for r in rewards]
 

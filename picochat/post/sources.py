@@ -42,7 +42,7 @@ class SourceError(PicochatError):
 @dataclass
 class SourceContext:
     """What sources may read besides their own args: where local data lives, the identity file, a seed."""
-    data_dir: Path | None = None  # a folder like ../shared/data/eval: gsm8k/, arc/, mmlu/
+    data_dir: Path | None = None  # a folder holding gsm8k/, arc/, mmlu/ as `picochat` downloads them
     identity_file: Path = IDENTITY_FILE
     seed: int = 0
     download_dir: Path = field(default_factory=lambda: datasets_dir() / "post")

@@ -19,7 +19,7 @@ from picochat.errors import PicochatError
 from picochat.names import plain_name
 from picochat.runtime import tokenizers_dir
 
-# nanochat's specials, appended after the merges (reference facts, "Data and tokenizer"); no system token.
+# nanochat's specials, appended after the merges (nanochat's tokenizer.py); no system token.
 SPECIAL_TOKENS = [
     "<|bos|>",
     "<|user_start|>",
@@ -33,7 +33,7 @@ SPECIAL_TOKENS = [
 ]
 
 # GPT-4's (cl100k) split pattern with numbers in groups of 1-2 digits instead of 1-3:
-# nanochat found {1,2} best at a 32K vocab (reference facts, "Data and tokenizer").
+# nanochat found {1,2} best at a 32K vocab (nanochat's tokenizer.py).
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
@@ -134,7 +134,7 @@ def token_byte_lengths(mergeable_ranks: dict[bytes, int], num_special: int) -> t
     """UTF-8 byte length of each id, counted on the raw token bytes, 0 for specials.
 
     Counting through a decoded str would turn partial UTF-8 sequences into U+FFFD and mis-count
-    them (193 ids in nanochat's reference, reference facts "Data and tokenizer").
+    them (193 ids in nanochat's reference, nanochat's tokenizer.py).
     """
     lengths = torch.zeros(len(mergeable_ranks) + num_special, dtype=torch.int32)
     for token, rank in mergeable_ranks.items():

@@ -2,7 +2,7 @@
 
 A conversation is `{"messages": [{"role": "system" | "user" | "assistant", "content": ...}]}` where
 content is a str or a list of parts `{"type": "text" | "python" | "python_output", "text": str}`.
-Rendering follows nanochat (reference facts, "Conversation rendering"): BOS, then alternating
+Rendering follows nanochat (nanochat's tokenizer.py, render_conversation): BOS, then alternating
 user/assistant turns, a system message merged into the first user turn (there is no system token).
 The loss mask is 1 on what the assistant writes (its text, python calls and <|assistant_end|>) and 0
 on everything it reads (user text, <|assistant_start|>, tool output).

@@ -13,7 +13,7 @@ from picochat.errors import PicochatError
 from picochat.runtime import print0
 from picochat.tokenizer.bpe import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, check_new_tokenizer, save_tokenizer
 
-DEFAULT_VOCAB_SIZE = 2**15  # including the specials (reference facts: 32,768)
+DEFAULT_VOCAB_SIZE = 2**15  # including the specials (nanochat's: 32,768)
 DEFAULT_MAX_CHARS = 2_000_000_000
 DOC_CAP_CHARS = 10_000  # each document truncated to its first 10,000 characters, as in nanochat
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, plus the specials

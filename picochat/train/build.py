@@ -44,14 +44,14 @@ def make_optimizer(model: GPT, cfg: TrainConfig, runtime: Runtime) -> torch.opti
     return optimizer
 
 
-# -- FP8 (seed §13: Hopper only, compile mandatory, off for evaluation) ------------------------
+# -- FP8 (nanochat dev/LOG.md: Hopper only, compile mandatory, off for evaluation) ------------------------
 
 def check_fp8(runtime: Runtime, compile_model: bool) -> None:
     """Refuse --fp8 where it cannot work, before any compute."""
     if runtime.device.type != "cuda" or torch.cuda.get_device_capability(runtime.device) < (9, 0):
         raise PicochatError(f"--fp8 needs a Hopper GPU (SM 90+, e.g. H100); this run is on {runtime.describe()['device_name']}")
     if not compile_model:
-        raise PicochatError("--fp8 needs --compile: without it FP8 is ~4x slower from unfused scaling ops (seed §13)")
+        raise PicochatError("--fp8 needs --compile: without it FP8 is ~4x slower from unfused scaling ops")
     if importlib.util.find_spec("torchao") is None:
         raise PicochatError("--fp8 uses torchao's float8 training: pip install torchao (or drop --fp8)")
 

@@ -45,7 +45,7 @@ class TrainConfig:
     lm_head_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the lm_head"))
     resid_lambda_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the residual lambdas"))
     x0_lambda_lr: float | None = field(default=None, metadata=field_help("AdamW LR for the x0 lambdas"))
-    weight_decay: float | None = field(default=None, metadata=field_help("Muon weight decay (∝ 1/width², seed §9)"))
+    weight_decay: float | None = field(default=None, metadata=field_help("Muon weight decay (∝ 1/width², nanochat dev/LOG.md)"))
     muon_eq: bool = field(default=False, metadata=field_help("MuonEq: equilibrate the momentum's rows before orthogonalising"))
     muon_plus: bool = field(default=False, metadata=field_help("Muon+: renormalise the orthogonal update to Frobenius norm √min(m, n)"))
     normuon: bool = field(default=False, metadata=field_help("NorMuon: normalise each neuron of the update by its running RMS"))

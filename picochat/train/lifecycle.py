@@ -12,7 +12,7 @@ import torch
 from picochat.errors import PicochatError
 from picochat.train.step import any_rank
 
-GC_COLLECT_EVERY = 5000  # reference facts: a manual collection every 5,000 steps once GC is off
+GC_COLLECT_EVERY = 5000  # nanochat's base_train.py: a manual collection every 5,000 steps once GC is off
 
 
 class NonFiniteLossError(PicochatError):
@@ -21,7 +21,7 @@ class NonFiniteLossError(PicochatError):
 
 @dataclass
 class LoopState:
-    """The cumulative axes of seed §3, plus the last validation score; saved in every checkpoint."""
+    """The cumulative axes (steps, tokens, FLOPs, wall-clock), plus the last validation score; saved in every checkpoint."""
     step: int = 0
     tokens: int = 0
     flops: float = 0.0
@@ -36,7 +36,7 @@ class LoopState:
 
 
 class GcFreeze:
-    """Python's cycle collector frozen and disabled after the first step (seed §10: ~500 ms
+    """Python's cycle collector frozen and disabled after the first step (nanochat dev/LOG.md: ~500 ms
     pauses otherwise), with a manual collection every 5,000 steps; restored at the end."""
 
     def __init__(self):

@@ -2,7 +2,7 @@
 
 Loggers are composed once at start (`make_logger`), so the loop calls `logger.log(record)`
 and never asks which backends are on. A record is a flat dict with at least the axes of
-seed §3: step, tokens, flops, time (training wall-clock, evaluation excluded), loss, lr,
+the three axes: step, tokens, flops, time (training wall-clock, evaluation excluded), loss, lr,
 tok_per_sec, mfu; eval steps add val_bpb.
 """
 from __future__ import annotations

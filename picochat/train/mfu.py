@@ -1,4 +1,4 @@
-"""Model FLOPs utilisation: the peak to divide by, and why MFU is low when it is (seed §5).
+"""Model FLOPs utilisation: the peak to divide by, and why MFU is low when it is (nanochat dev/LOG.md: healthy training is above 40%).
 
 MFU = flops_per_token x tokens/s / (peak x devices). GPU peaks come from the datasheet
 table (always the bf16 dense peak, also under fp8, as nanochat reports it); on CPU there is
@@ -22,7 +22,7 @@ import torch.distributed as dist
 from picochat import hardware
 from picochat.runtime import picochat_home
 
-HEALTHY_MFU = 0.40  # seed §5: "train/mfu should be >40%"
+HEALTHY_MFU = 0.40  # nanochat dev/LOG.md: train/mfu should be above 40%
 CPU_PEAK_MATMUL = 2048  # large enough to run at the BLAS kernel's speed, about a second on 2 cores
 
 
@@ -98,7 +98,7 @@ def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak:
 
 def diagnose_low_mfu(mfu: float, data_wait_fraction: float, memory_used: float, memory_total: float,
                      collective_fraction: float, device_batch_size: int) -> list[str]:
-    """Reasons, with their numbers, for an MFU under 40%; empty when MFU is healthy (seed §5)."""
+    """Reasons, with their numbers, for an MFU under 40%; empty when MFU is healthy."""
     if mfu >= HEALTHY_MFU:
         return []
     reasons = [f"MFU {100 * mfu:.1f}% is under {100 * HEALTHY_MFU:.0f}%; measured:"]
@@ -131,7 +131,7 @@ def measure_collective_seconds(numel: int, device: torch.device, dtype: torch.dt
 
 class MfuHealthCheck:
     """On GPUs, averages MFU and data-wait over the steps after the first (compile) one and, at
-    `at_step`, says why MFU is under 40% if it is (seed §5). Every rank calls it at the same
+    `at_step`, says why MFU is under 40% if it is. Every rank calls it at the same
     step, so the collective timing inside is safe."""
 
     def __init__(self, enabled: bool, at_step: int, device: torch.device, grad_numel: int, device_batch_size: int):

@@ -1,9 +1,9 @@
 """Schedules as pure functions of the step, and one helper that writes them into the optimizer.
 
-Values follow nanochat (reference facts, "Schedules"): linear warm-up, constant, linear
+Values follow nanochat (scripts/base_train.py): linear warm-up, constant, linear
 warm-down over the last 65% to 5% of the LR; Muon momentum 0.85 -> 0.97 over 400 steps, then
 down to 0.90 during the warm-down; Muon weight decay follows a cosine to 0 over the run.
-They are written into the param-group dicts, never passed to step() (seed §11: arguments
+They are written into the param-group dicts, never passed to step() (nanochat dev/LOG.md: arguments
 that change every step recompile a compiled optimizer).
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 class GradScaler:
-    """Loss scaling for fp16, synchronised across ranks (seed §8).
+    """Loss scaling for fp16, synchronised across ranks (an inf on one rank must skip the step on all, or they diverge).
 
     The found-inf flag is all-reduced with MAX before deciding, so when one rank overflows
     every rank skips the same step and the replicas never diverge. Disabled (scale 1, no

@@ -30,3 +30,20 @@ def home(tmp_path, monkeypatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("PICOCHAT_HOME", str(root))
     return root
+
+
+def write_dataset(name: str, texts: dict[str, list[str]], **writer_options) -> Path:
+    """Dataset `name` under the current $PICOCHAT_HOME, one shard per split, written through the public writer."""
+    from picochat.data.shards import ShardWriter, write_manifest  # noqa: PLC0415  (tests that make data only)
+    from picochat.runtime import datasets_dir  # noqa: PLC0415
+
+    root = datasets_dir() / name
+    shards = {}
+    for split, docs in texts.items():
+        writer = ShardWriter(root, split, **writer_options)
+        for text in docs:
+            writer.add(text)
+        writer.close_shard()
+        shards[split] = writer.finished
+    write_manifest(root, name, "2026-01-01", {"command": "test"}, shards, {}, "test")
+    return root

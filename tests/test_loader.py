@@ -12,6 +12,7 @@ from picochat.data.loader import LoaderConfigError, PackedLoader, rank_row_group
 from picochat.data.packing import BestFitBuffer, best_fit_pack, greedy_pack
 from picochat.errors import PicochatError
 from picochat.tokenizer import Tokenizer
+from conftest import write_dataset
 
 BOS = 0
 
@@ -327,21 +328,11 @@ def english_ish(seed: int, n: int) -> list[str]:
 def real_dataset(tmp_path, monkeypatch):
     """A 2-shard dataset written with the ShardWriter, and a tiny tokenizer trained on it."""
     from picochat.data.dataset import open_dataset
-    from picochat.data.shards import ShardWriter, write_manifest
-    from picochat.runtime import datasets_dir
     from picochat.tokenizer import train_tokenizer
 
     monkeypatch.setenv("PICOCHAT_HOME", str(tmp_path))
-    root = datasets_dir() / "tiny"
     docs = {"train": english_ish(0, 600), "val": english_ish(1, 100)}
-    shards = {}
-    for split, texts in docs.items():
-        writer = ShardWriter(root, split, docs_per_row_group=32, chars_per_shard=40_000)
-        for text in texts:
-            writer.add(text)
-        writer.close_shard()
-        shards[split] = writer.finished
-    write_manifest(root, "tiny", "2026-01-01", {"command": "test"}, shards, {}, "test")
+    write_dataset("tiny", docs, docs_per_row_group=32, chars_per_shard=40_000)
     train_tokenizer(docs["train"], "tiny", vocab_size=320, dataset="tiny")
     dataset = open_dataset("tiny")
     assert len(dataset.row_group_counts("train")) >= 2

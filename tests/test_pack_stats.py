@@ -9,9 +9,8 @@ import pytest
 from picochat.cli import main
 from picochat.data.dataset import open_dataset
 from picochat.data.packing import best_fit_pack
-from picochat.data.shards import ShardWriter, write_manifest
-from picochat.runtime import datasets_dir
 from picochat.tokenizer import Tokenizer, train_tokenizer
+from conftest import write_dataset
 
 SEQ_LEN = 32
 WORDS = "the of and a to in is was for on with as by at from loader packs rows into batches of tokens".split()
@@ -26,16 +25,8 @@ def documents(seed: int, n: int) -> list[str]:
 
 @pytest.fixture
 def parked_dataset(home):
-    root = datasets_dir() / "parked"
     texts = {"train": documents(0, 3000), "val": documents(1, 50)}
-    shards = {}
-    for split, docs in texts.items():
-        writer = ShardWriter(root, split, docs_per_row_group=100, chars_per_shard=200_000)
-        for text in docs:
-            writer.add(text)
-        writer.close_shard()
-        shards[split] = writer.finished
-    write_manifest(root, "parked", "2026-01-01", {"command": "test"}, shards, {}, "test")
+    write_dataset("parked", texts, docs_per_row_group=100, chars_per_shard=200_000)
     train_tokenizer(texts["train"], "parked", vocab_size=320, dataset="parked")
     return "parked"
 

@@ -92,10 +92,6 @@ def cpu_rate_fields(device: torch.device, tokens_per_sec: float, peak: float) ->
     return {"tok_per_peak_gflop": tokens_per_sec / (peak / 1e9)} if device.type == "cpu" else {}
 
 
-def model_flops_utilization(flops_per_token: float, tokens_per_sec: float, peak: float, world_size: int) -> float:
-    return flops_per_token * tokens_per_sec / (peak * world_size)
-
-
 def diagnose_low_mfu(mfu: float, data_wait_fraction: float, memory_used: float, memory_total: float,
                      collective_fraction: float, device_batch_size: int) -> list[str]:
     """Reasons, with their numbers, for an MFU under 40%; empty when MFU is healthy."""

@@ -12,7 +12,8 @@ the datasheet figure on a GPU (picochat/hardware.py), a measured tensor copy on 
 batches is bound by that bandwidth, which is why a batch of 32 costs about what a batch of 1 does.
 The load test starts the real server in its own process (as deployed) on a loopback port and keeps N streaming
 clients busy for a fixed time, once with continuous batching (--max-batch N) and once without (--max-batch 1); a lone client
-gives the time-to-first-token to compare against. The last line of output is one JSON object.
+gives the time-to-first-token to compare against. Each client draws its prompts and reply lengths from its own seeded
+generator, as chat traffic varies (--lockstep: identical requests, the worst case for time-to-first-token). The last line of output is one JSON object.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import contextlib
 import http.client
 import json
 import multiprocessing
+import random
 import statistics
 import sys
 import threading
@@ -109,7 +111,6 @@ def decode(engine: Engine, rows: int, prompt_len: int, steps: int) -> dict:
     batch = Batch(engine, rows, prompt_len + steps + 3)
     for r in range(rows):
         batch.add(prompt(engine, prompt_len, r), SamplingParams(max_tokens=steps + 3, temperature=0))
-    batch.step()
     batch.step()  # warm-up: allocator, kernels
     sync(engine.device)
     started = time.perf_counter()
@@ -199,26 +200,42 @@ def server_process(args: argparse.Namespace, config: dict):
         child.join(timeout=10)
 
 
+WORDS = "the a fox dog river city light ran over under quickly slow bright dark north south".split()
+
+
+def request_body(rng: random.Random, args: argparse.Namespace) -> bytes:
+    """One client's next request: a prompt of 8-56 words and a reply of 0.5-1.5 x --max-tokens, drawn from the
+    client's own seeded generator (chat traffic varies; --lockstep sends every client the same request)."""
+    if args.lockstep:
+        words, max_tokens = ["hello"] * max(1, args.decode_prompt // 2), args.max_tokens
+    else:
+        words = rng.choices(WORDS, k=rng.randint(8, 56))
+        max_tokens = rng.randint(max(1, args.max_tokens // 2), args.max_tokens * 3 // 2)
+    return json.dumps({"messages": [{"role": "user", "content": " ".join(words)}], "max_tokens": max_tokens,
+                       "temperature": 0, "stream": True}).encode()
+
+
 def load_test(args: argparse.Namespace, clients: int, seconds: float, max_batch: int) -> dict:
-    """`clients` threads each sending streaming requests back to back for `seconds`; requests still running at
-    the end are finished and counted, so the window is a lower bound on the test's length."""
-    config = {"rate_per_minute": 0, "max_batch": max_batch, "max_queue": clients + 1, "max_tokens": args.max_tokens}
-    text = "hello " * max(1, args.decode_prompt // 2)
+    """`clients` threads each sending streaming requests back to back for `seconds`, starting spread over the
+    first second (at once with --lockstep); requests still running at the end are finished and counted, so the
+    window is a lower bound on the test's length."""
+    config = {"rate_per_minute": 0, "max_batch": max_batch, "max_queue": clients + 1, "max_tokens": args.max_tokens * 2}
     results, lock = [], threading.Lock()
     with server_process(args, config) as port:
-        body = json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": args.max_tokens,
-                           "temperature": 0, "stream": True}).encode()
-        stream_once(port, body)  # warm-up
+        stream_once(port, request_body(random.Random(-1), args))  # warm-up
         deadline = time.perf_counter() + seconds
 
-        def client() -> None:
+        def client(index: int) -> None:
+            rng = random.Random(index)
+            if not args.lockstep:
+                time.sleep(rng.random())
             while time.perf_counter() < deadline:
-                outcome = stream_once(port, body)
+                outcome = stream_once(port, request_body(rng, args))
                 with lock:
                     results.append(outcome)
 
         started = time.perf_counter()
-        threads = [threading.Thread(target=client) for _ in range(clients)]
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
@@ -243,7 +260,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="timed decode steps per batch size")
     parser.add_argument("--clients", type=int, default=32, help="load test: concurrent streaming clients (0 = skip)")
     parser.add_argument("--seconds", type=float, default=30, help="load test: how long each configuration runs")
-    parser.add_argument("--max-tokens", type=int, default=32, help="load test: reply length")
+    parser.add_argument("--max-tokens", type=int, default=32,
+                        help="load test: mean reply length (each request draws 0.5-1.5x of it)")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="load test: every client sends the same request, all starting at once (the worst case: "
+                             "their replies end on one step, so their prompts all arrive together)")
     parser.add_argument("--smoke", action="store_true", help="tiny settings: proves the benchmark runs")
     args = parser.parse_args()
     if args.smoke:
@@ -253,7 +274,8 @@ def main() -> None:
     engine = load(args, device)
     context = engine.context_length
     report = {"device": device_name(device), "threads": torch.get_num_threads(), "run": args.run,
-              "depth": engine.model.config.n_layers, "context": context, "dtype": str(engine.model.compute_dtype)}
+              "depth": engine.model.config.n_layers, "context": context, "dtype": str(engine.model.compute_dtype),
+              "load": "lockstep" if args.lockstep else "varied"}
     report["prefill_tok_s"] = {n: round(prefill_rate(engine, n, 3), 1)
                                for n in map(int, args.prompt_lens.split(",")) if n <= context}
     peak = peak_bandwidth(device_name(device)) if device.type == "cuda" else copy_bandwidth(device)

@@ -100,3 +100,38 @@ def test_compiled_evaluation_and_decoding_match_eager_without_a_graph_per_positi
             tokens[name] = torch.cat(out, dim=1)
     assert torch.equal(tokens["compiled"], tokens["eager"])
     assert counters["stats"]["unique_graphs"] <= 3  # evaluation, prefill, decode: not one per position
+
+
+def test_a_cpu_run_compiles_by_default_only_when_long_enough_to_pay_for_the_compile(monkeypatch):
+    from picochat.train import build
+    from picochat.train.build import ASSUMED_CPU_MFU, CPU_COMPILE_MIN_SECONDS, default_compile
+    peak = 1.5e11
+    ten_minutes = CPU_COMPILE_MIN_SECONDS * peak * ASSUMED_CPU_MFU  # FLOPs that train for the threshold
+    assert default_compile("cpu", 1.01 * ten_minutes, peak) is True
+    assert default_compile("cpu", 0.99 * ten_minutes, peak) is False
+    assert default_compile("cuda", 1.0, None) is True  # always on a GPU
+    assert default_compile("mps", 1e20, 1e12) is False  # Inductor's MPS backend is not what picochat trains with
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    assert default_compile("cpu", 1e20, peak) is False  # no C++ compiler: Inductor could not build CPU kernels
+
+
+def test_train_resolves_compile_from_the_run_length_on_a_cpu(home):
+    from types import SimpleNamespace
+
+    from picochat.runtime import init_runtime
+    from picochat.scaling import make_plan
+    from picochat.train.config import TrainConfig
+    from picochat.train.setup import resolve
+    runtime, tokenizer = init_runtime("cpu"), SimpleNamespace(name="t")
+
+    def resolved(**flags) -> bool:
+        cfg = TrainConfig(dataset="d", depth=4, **flags)
+        plan = make_plan(cfg.depth, 32768, cfg.aspect_ratio, cfg.head_dim, cfg.max_seq_len, cfg.window_pattern,
+                         cfg.ratio, cfg.total_batch_size, cfg.num_iterations)
+        return resolve(cfg, plan, tokenizer, runtime).compile
+
+    short = {"num_iterations": 3, "total_batch_size": 4096, "max_seq_len": 512}  # ~1e12 FLOPs: seconds
+    assert resolved(**short) is False  # the compile would never pay back
+    assert resolved() is True  # the scaling law's d4 horizon: hours on a CPU
+    assert resolved(**short, compile=True) is True  # a flag always wins
+    assert resolved(compile=False) is False

@@ -189,17 +189,21 @@ def decode_together(engine, jobs: list[tuple[list[int], SamplingParams, int]], m
     """Each job (prompt, params, the step at which it joins) decoded in one shared batch."""
     batch = Batch(engine, max_rows, engine.context_length)
     outputs, handles, step = [None] * len(jobs), {}, 0
-    while len(handles) < len(jobs) or batch.slots:
-        arriving = [j for j, (_, _, joins_at) in enumerate(jobs) if joins_at == step]
-        if arriving:  # prefilled together, as the server's scheduler does: one forward per prompt length
-            requests = batch.add_together([(jobs[j][0], jobs[j][1]) for j in arriving])
-            for j, request in zip(arriving, requests):
-                handles[request] = j
-                outputs[j] = [[] for _ in range(jobs[j][1].num_samples)]
-        for request, tokens in batch.step():
+    def record(new: list) -> None:
+        for request, tokens in new:
             for row, token in zip(outputs[handles[request]], tokens):
                 if token is not None:
                     row.append(token)
+
+    while len(handles) < len(jobs) or batch.slots:
+        arriving = [j for j, (_, _, joins_at) in enumerate(jobs) if joins_at == step]
+        if arriving:  # prefilled together, as the server's scheduler does: one forward per prompt length
+            first = batch.add_together([(jobs[j][0], jobs[j][1]) for j in arriving])
+            for j, (request, _) in zip(arriving, first):
+                handles[request] = j
+                outputs[j] = [[] for _ in range(jobs[j][1].num_samples)]
+            record(first)
+        record(batch.step())
         step += 1
     return outputs
 
@@ -278,14 +282,14 @@ def test_a_tool_call_in_one_row_runs_the_calculator_for_that_row_only(tok):
 
 def test_a_removed_request_frees_its_rows_for_the_next(engine, tok):
     batch = Batch(engine, 3, engine.context_length)
-    first = batch.add(prompt_ids(tok, 8), SamplingParams(max_tokens=30, temperature=0, num_samples=2))
-    second = batch.add(prompt_ids(tok, 12), SamplingParams(max_tokens=30, temperature=0))
+    first, _ = batch.add(prompt_ids(tok, 8), SamplingParams(max_tokens=30, temperature=0, num_samples=2))
+    second, _ = batch.add(prompt_ids(tok, 12), SamplingParams(max_tokens=30, temperature=0))
     batch.step()
     with pytest.raises(ValueError, match="free rows"):
         batch.add(prompt_ids(tok, 5), SamplingParams(max_tokens=4, num_samples=2))
     batch.remove([first])
     assert batch.free_rows == 2 and second.cache_rows == [0] and batch.cache.lengths[0] == 13
-    third = batch.add(prompt_ids(tok, 5), SamplingParams(max_tokens=4, temperature=0, num_samples=2))
+    third, _ = batch.add(prompt_ids(tok, 5), SamplingParams(max_tokens=4, temperature=0, num_samples=2))
     assert third.cache_rows == [1, 2] and batch.slots == [second, third, third]
 
 

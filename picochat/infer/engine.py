@@ -1,9 +1,10 @@
 """Generation with the KV cache: prefill once, decode token by token, many requests at once, the calculator live.
 
 A `Batch` decodes requests together (continuous batching, as in Orca, OSDI 2022, and vLLM): each request is
-prefilled alone into a one-row cache, copied into as many free rows of the batch's cache as it wants samples,
-and from the next step on decodes with everyone else, one token per row per step, each row at its own
-position. A request leaves when all its rows have stopped, and its rows go to whoever comes next.
+prefilled into a one-row cache, its first tokens are sampled from the prefill's logits at once (time to first
+token is one prefill, not a prefill and a batch step), its row is copied into as many free rows of the batch's
+cache as it wants samples, and from then on it decodes with everyone else, one token per row per step, each
+row at its own position. A request leaves when all its rows have stopped, and its rows go to whoever comes next.
 Every row has its own seeded generator (seed + sample index) and its own sampling parameters, so a request's
 tokens do not depend on what else is in the batch: with the same seed it writes what it writes alone (up to
 the low bits a matmul of another batch size may sum differently; tests/test_engine.py checks both).
@@ -81,7 +82,8 @@ class Engine:
     def generate(self, prompt: list[int], params: SamplingParams = SamplingParams()) -> Iterator[list[int | None]]:
         """Yield, at each step, every row's new token (the stop token included), or None once a row has finished."""
         batch = Batch(self, params.num_samples, len(prompt) + self.reply_budget(len(prompt), params.max_tokens))
-        request = batch.add(prompt, params)
+        request, tokens = batch.add(prompt, params)
+        yield tokens
         while not request.done:
             [(_, tokens)] = batch.step()
             yield tokens
@@ -113,15 +115,15 @@ class Engine:
         return self.model(torch.tensor(prompts, device=self.device), kv_cache=cache, last_only=True)[:, -1], cache
 
     def next_tokens(self, request: Request, logits: torch.Tensor, greedy: list[int]) -> list[int | None]:
-        """Each of the request's rows' next token: forced, sampled from the batch's logits [A, V] (the argmax of
-        each row already in `greedy`), or None once done; the rows' states advance with it."""
+        """Each of the request's rows' next token: forced, sampled from its rows' logits [n, V] (their argmax
+        already in `greedy`), or None once done; the rows' states advance with it."""
         rows, params = request.rows, request.params
         to_sample = [r for r, row in enumerate(rows) if not row.finish_reason and not row.forced]
         if params.temperature == 0:
-            sampled = {r: greedy[request.cache_rows[r]] for r in to_sample}
+            sampled = {r: greedy[r] for r in to_sample}
         else:
-            sampled = sample_rows(logits[request.cache_rows], request.generators, to_sample, params.temperature,
-                                  params.top_k, params.top_p)
+            sampled = sample_rows(logits, request.generators, to_sample, params.temperature, params.top_k,
+                                  params.top_p)
         tokens = [None if row.finish_reason else row.forced.popleft() if row.forced else sampled[r]
                   for r, row in enumerate(rows)]
         for row, token in zip(rows, tokens):
@@ -168,8 +170,8 @@ class Request:
 class Batch:
     """Requests decoding together in one cache of `max_rows` rows of `max_len` positions.
 
-    The rows in use are kept at the front (0..A-1), so each step is one forward on A rows; when a request
-    leaves, the last rows move into its place.
+    The rows in use are kept at the front (0..A-1), so each step is one forward on A rows, each fed the last
+    token its request chose; when a request leaves, the last rows move into its place.
     """
 
     def __init__(self, engine: Engine, max_rows: int, max_len: int):
@@ -177,7 +179,6 @@ class Batch:
         model = engine.model
         self.cache = KVCache(model.config, max_rows, max_len, engine.device, model.compute_dtype)
         self.slots: list[Request] = []  # cache row i belongs to slots[i]
-        self.logits: torch.Tensor | None = None  # [A, V]: each row's logits for its next token
 
     @property
     def free_rows(self) -> int:
@@ -187,14 +188,15 @@ class Batch:
     def requests(self) -> list[Request]:
         return list(dict.fromkeys(self.slots))
 
-    def add(self, prompt: list[int], params: SamplingParams) -> Request:
-        """Prefill `prompt` and give it `params.num_samples` rows; its first tokens come at the next step."""
+    def add(self, prompt: list[int], params: SamplingParams) -> tuple[Request, list[int | None]]:
+        """Prefill `prompt`, give it `params.num_samples` rows, and choose its first tokens."""
         return self.add_together([(prompt, params)])[0]
 
     @torch.no_grad()
-    def add_together(self, arrivals: list[tuple[list[int], SamplingParams]]) -> list[Request]:
+    def add_together(self, arrivals: list[tuple[list[int], SamplingParams]]) -> list[tuple[Request, list[int | None]]]:
         """`add` for several requests at once, those whose prompts have one length prefilled in one forward.
-        All are checked, then all prefilled, then all placed: a failure leaves the batch as it was."""
+        All are checked, then all prefilled, then all placed: a failure leaves the batch as it was. A request
+        whose first token already ends it (a stop token, a one-token budget) leaves at once."""
         budgets = [self.engine.reply_budget(len(prompt), params.max_tokens) for prompt, params in arrivals]
         wanted = sum(params.num_samples for _, params in arrivals)
         longest = max(len(prompt) + budget for (prompt, _), budget in zip(arrivals, budgets))
@@ -208,31 +210,36 @@ class Batch:
         for indices in by_length.values():
             logits, cache = self.engine.prefill_together([arrivals[i][0] for i in indices])
             prefilled |= {i: (logits[j:j + 1], cache, j) for j, i in enumerate(indices)}
-        return [self._place(params, budget, *prefilled[i]) for i, ((_, params), budget)
-                in enumerate(zip(arrivals, budgets))]
+        outputs = [self._place(params, budget, *prefilled[i]) for i, ((_, params), budget)
+                   in enumerate(zip(arrivals, budgets))]
+        self.remove([request for request, _ in outputs if request.done])
+        return outputs
 
-    def _place(self, params: SamplingParams, budget: int, logits: torch.Tensor, prefill: KVCache, row: int) -> Request:
-        """Copy row `row` of a prefilled cache into `params.num_samples` free rows of the batch."""
+    def _place(self, params: SamplingParams, budget: int, logits: torch.Tensor, prefill: KVCache,
+               row: int) -> tuple[Request, list[int | None]]:
+        """Copy row `row` of a prefilled cache into `params.num_samples` free rows; sample their first tokens."""
         n = params.num_samples
         rows = list(range(len(self.slots), len(self.slots) + n))
         self.cache.insert(prefill, rows, source_row=row)
         request = Request(params, budget, [RowState() for _ in range(n)],
                           [torch.Generator().manual_seed(params.seed + r) for r in range(n)], rows)
         self.slots += [request] * n
-        logits = logits.repeat(n, 1)
-        self.logits = logits if self.logits is None else torch.cat((self.logits, logits))
-        return request
+        logits = logits.expand(n, -1)
+        return request, self.engine.next_tokens(request, logits, logits.argmax(dim=-1).tolist())
 
     @torch.no_grad()
     def step(self) -> list[tuple[Request, list[int | None]]]:
-        """Every request's next tokens (None for its finished rows); requests that have finished leave."""
-        greedy = self.logits.argmax(dim=-1).tolist()  # one pass for every row; sampling rows ignore it
-        outputs = [(request, self.engine.next_tokens(request, self.logits, greedy)) for request in self.requests]
+        """One forward on every row, then every request's next tokens (None for its finished rows); requests
+        that have finished leave."""
+        if not self.slots:
+            return []
+        fed = [request.rows[request.cache_rows.index(i)].tokens[-1] for i, request in enumerate(self.slots)]
+        logits = self.engine.model(torch.tensor(fed, device=self.engine.device)[:, None], kv_cache=self.cache)[:, -1]
+        greedy = logits.argmax(dim=-1).tolist()  # one pass for every row; sampling rows ignore it
+        outputs = [(request, self.engine.next_tokens(request, logits[request.cache_rows],
+                                                     [greedy[i] for i in request.cache_rows]))
+                   for request in self.requests]
         self.remove([request for request, _ in outputs if request.done])
-        if self.slots:
-            fed = [request.rows[request.cache_rows.index(i)].tokens[-1] for i, request in enumerate(self.slots)]
-            idx = torch.tensor(fed, device=self.engine.device)[:, None]
-            self.logits = self.engine.model(idx, kv_cache=self.cache)[:, -1]
         return outputs
 
     def remove(self, leaving: list[Request]) -> None:
@@ -244,13 +251,11 @@ class Batch:
         holes = [i for i in range(kept) if self.slots[i] in leaving]
         movers = [i for i in range(kept, len(self.slots)) if self.slots[i] not in leaving]
         self.cache.move_rows(movers, holes)
-        self.logits[holes] = self.logits[movers]
         for source, target in zip(movers, holes):
             request = self.slots[source]
             request.cache_rows[request.cache_rows.index(source)] = target
             self.slots[target] = request
         del self.slots[kept:]
-        self.logits = self.logits[:kept]
 
 
 class StreamDecoder:

@@ -47,6 +47,9 @@ class ServeConfig:
     max_batch: int = field(default=32, metadata={"help": "rows decoded together, per worker (1 = no batching)"})
     max_batch_tokens: int | None = field(default=None, metadata={
         "help": "KV positions the batch may reserve, n x (prompt + max_tokens) per request (max_batch x context)"})
+    prefill_chunk_tokens: int = field(default=512, metadata={
+        "help": "prompt tokens prefilled between two decode steps (at least one whole prompt): smaller answers "
+                "a crowd's first members sooner, larger admits it in fewer steps"})
     workers: int | None = field(default=None, metadata={
         "help": "model copies, one per accelerator (all GPUs by default; one on a CPU)"})
     rate_per_minute: float = field(default=120.0, metadata={"help": "requests per minute per client (0 = unlimited)"})
@@ -60,7 +63,7 @@ def check_serve_config(cfg: ServeConfig) -> None:
     """Refuse impossible settings before the model is loaded."""
     if not 1 <= cfg.port <= 65535:
         raise PicochatError(f"--port {cfg.port} is not a TCP port; use one from 1 to 65535 (e.g. --port 8000)")
-    for name in ("max_queue", "rate_burst", "max_batch", "max_batch_tokens", "workers"):
+    for name in ("max_queue", "rate_burst", "max_batch", "max_batch_tokens", "prefill_chunk_tokens", "workers"):
         if getattr(cfg, name) is None:
             continue
         if getattr(cfg, name) < 1:

@@ -2,9 +2,13 @@
 
 A request waits in a bounded queue (full: 503) until the batch has rows for its samples and room in the
 token budget (the KV positions its rows may fill: samples × (prompt + reply budget)); requests are admitted
-in arrival order, so a big one is not starved by small ones behind it. Between two steps the scheduler
-prefills newcomers and drops requests whose client has gone, so their rows serve someone else at the next
-step. Every outcome goes to the request's `deliver` callback, on this thread: a step's tokens, an
+in arrival order, so a big one is not starved by small ones behind it. Between two decode steps the scheduler
+drops requests whose client has gone, so their rows serve someone else at the next step, and prefills the
+next newcomers, up to `prefill_chunk` prompt tokens at a time (the first one whatever its length): a crowd
+arriving together is admitted over a few steps, its first members answered after one chunk's prefill rather
+than everyone's, while the rows already decoding keep moving (vLLM's chunked prefill schedules by such a
+per-step token budget; picochat chunks by whole prompts). A newcomer's first token is delivered straight
+from its prefill. Every outcome goes to the request's `deliver` callback, on this thread: tokens, an
 exception, or END once the request has finished.
 """
 from __future__ import annotations
@@ -48,8 +52,9 @@ class Throughput:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_batch: int, max_batch_tokens: int | None, max_queue: int):
-        self.engine, self.max_queue = engine, max_queue
+    def __init__(self, engine: Engine, max_batch: int, max_batch_tokens: int | None, max_queue: int,
+                 prefill_chunk: int = 512):
+        self.engine, self.max_queue, self.prefill_chunk = engine, max_queue, prefill_chunk
         self.max_batch_tokens = max_batch_tokens or max_batch * engine.context_length
         self.batch = Batch(engine, max_batch, engine.context_length)
         self.waiting: deque[Job] = deque()
@@ -123,16 +128,20 @@ class Scheduler:
         return bool(self.waiting)
 
     def _admit(self) -> list[Job]:
-        """Jobs that fit now, in arrival order (under the lock)."""
+        """Jobs that fit now, in arrival order, up to one prefill chunk of prompt tokens (under the lock)."""
         admitted, rows = [], self.batch.free_rows + sum(len(j.request.cache_rows) for j in self.running.values()
                                                          if j.cancelled)
+        prompt_tokens = 0
         while self._live_waiting():
             job = self.waiting[0]
             if job.params.num_samples > rows or self.reserved_tokens + job.reserved_tokens > self.max_batch_tokens:
                 break
+            if admitted and prompt_tokens + len(job.prompt) > self.prefill_chunk:
+                break  # the rest wait one decode step
             self.waiting.popleft()
             rows -= job.params.num_samples
             self.reserved_tokens += job.reserved_tokens
+            prompt_tokens += len(job.prompt)
             admitted.append(job)
         return admitted
 
@@ -149,7 +158,7 @@ class Scheduler:
     def _start(self, jobs: list[Job]) -> None:
         """Prefill the admitted jobs together; if that fails, one by one, so a bad request fails alone."""
         try:
-            requests = self.batch.add_together([(job.prompt, job.params) for job in jobs])
+            outputs = self.batch.add_together([(job.prompt, job.params) for job in jobs])
         except Exception as e:  # noqa: BLE001  (one request's failure is its own, never the server's)
             if len(jobs) > 1:
                 for job in jobs:
@@ -160,9 +169,10 @@ class Scheduler:
             jobs[0].deliver(e)
             return
         with self.wakeup:
-            for job, request in zip(jobs, requests):
+            for job, (request, _) in zip(jobs, outputs):
                 job.request = request
                 self.running[request] = job
+        self._deliver(outputs)
 
     def _step(self) -> None:
         try:
@@ -173,6 +183,10 @@ class Scheduler:
                 self._forget(job)
             self.batch = Batch(self.engine, self.batch.cache.batch_size, self.batch.max_len)
             return
+        self._deliver(outputs)
+
+    def _deliver(self, outputs: list) -> None:
+        """Each request's new tokens to its client; a finished request's END, and its rows and budget freed."""
         produced = 0
         for request, tokens in outputs:
             job = self.running[request]

@@ -33,8 +33,8 @@ class ChatService:
 
     def __init__(self, engines: list[Engine], model_name: str, config: ServeConfig):
         self.engine, self.model_name, self.config = engines[0], model_name, config
-        self.schedulers = [Scheduler(engine, config.max_batch, config.max_batch_tokens, config.max_queue)
-                           for engine in engines]
+        self.schedulers = [Scheduler(engine, config.max_batch, config.max_batch_tokens, config.max_queue,
+                                     config.prefill_chunk_tokens) for engine in engines]
         self.created = int(time.time())
 
     def health(self) -> dict:

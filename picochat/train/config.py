@@ -69,7 +69,7 @@ class TrainConfig:
     device: str | None = field(default=None, metadata=field_help("cuda, mps or cpu; derived: autodetect"))
     dtype: str | None = field(default=None, metadata=field_help("compute dtype; derived: bf16 on SM80+, else fp32",
                                                            choices=["float32", "bfloat16", "float16"]))
-    compile: bool | None = field(default=None, metadata=field_help("torch.compile the model; derived: on for CUDA"))
+    compile: bool | None = field(default=None, metadata=field_help("torch.compile the model; derived: on for CUDA, on a CPU for runs estimated at 10+ minutes"))
     fp8: bool = field(default=False, metadata=field_help("FP8 matmuls on Hopper (needs torchao and --compile)"))
     seed: int = field(default=42, metadata=field_help("random seed (model init)"))
     loader_mode: str = field(default="bestfit", metadata=field_help("document packing", choices=["bestfit", "greedy"]))

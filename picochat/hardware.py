@@ -1,8 +1,8 @@
 """Peak dense matmul throughput and memory bandwidth per accelerator, for MFU, time estimates and the
 bandwidth utilisation of decoding (no torch needed).
 
-Figures are the vendors' dense (no sparsity) tensor-core peaks, as collected in the facts
-file (Optimizer section): MFU is reported against the bf16 peak, also when training in fp8.
+Figures are the vendors' dense (no sparsity) tensor-core peaks, from the vendors'
+datasheets: MFU is reported against the bf16 peak, also when training in fp8.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--gpu", default="H100", help=f"GPU for the time estimate, one of {', '.join(PEAK_FLOPS)} (default: H100)")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the estimate (default: 0.4)")
     parser.add_argument("--n-gpus", type=int, default=1, metavar="N", help="GPUs sharing the run (default: 1)")
-    parser.add_argument("--constants", default=None, metavar="FILE", help="JSON of fitted constants (`picochat fit`) replacing the seed's")
+    parser.add_argument("--constants", default=None, metavar="FILE", help="JSON of fitted constants (`picochat fit`) replacing the published defaults")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--memory", action="store_true",
                         help="also the memory one rank needs (weights, gradients, optimizer, activations) and the "

@@ -1,7 +1,7 @@
 """Scaling laws: from a depth to a whole training plan (tokens, batch, steps, WD, LRs, schedule).
 
 Every law is a small pure function with its source beside it. The reference constants live in
-`ScalingConstants`, so a fitted-constants file (`load_constants`) can replace the seed's values.
+`ScalingConstants`, so a fitted-constants file (`load_constants`) can replace the published defaults.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from picochat.hardware import PEAK_FLOPS, peak_flops
 from picochat.model.accounting import flops_per_token, parameter_counts, scaling_params
 from picochat.model.config import GPTConfig
 
-# Seed §9, weight-decay table (LOG.md sweeps): width -> best weight decay (d8, d12, d16, d20).
+# Weight-decay table from nanochat's dev/LOG.md sweeps: width -> best weight decay (d8, d12, d16, d20).
 SEED_WEIGHT_DECAY = {512: 0.40, 768: 0.22, 1024: 0.10, 1280: 0.08}
 
-# Base learning rates per parameter group, at width 768 and batch 2^19 (facts: Optimizer; the
+# Base learning rates per parameter group, at width 768 and batch 2^19 (nanochat's scripts/base_train.py; the
 # value embedding takes half the embedding LR).
 DEFAULT_LEARNING_RATES = {
     "matrix": 0.02,  # Muon
@@ -29,7 +29,7 @@ DEFAULT_LEARNING_RATES = {
     "resid_lambda": 0.005,
     "x0_lambda": 0.5,
 }
-# AdamW groups whose LR shrinks as 1/sqrt(width) (facts: Optimizer; nanochat's dmodel_lr_scale,
+# AdamW groups whose LR shrinks as 1/sqrt(width) (nanochat's dmodel_lr_scale,
 # which also covers the value embedding, as it is "half the embedding LR").
 WIDTH_SCALED_GROUPS = ("embedding", "value_embedding", "lm_head")
 
@@ -56,9 +56,9 @@ class ScalingConstants:
     reference_depth: int = 12
     wd_ref: float = SEED_WD_REF  # WD = wd_ref * (wd_width_ref / width)^2 (nanochat dev/LOG.md)
     wd_width_ref: int = 768
-    lr_width_ref: int = 768  # LR x (width / 768)^-0.5 for WIDTH_SCALED_GROUPS (facts: Optimizer)
+    lr_width_ref: int = 768  # LR x (width / 768)^-0.5 for WIDTH_SCALED_GROUPS (nanochat's dmodel_lr_scale)
     learning_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LEARNING_RATES))
-    # Schedules (facts: Optimizer and schedules).
+    # Schedules (nanochat's scripts/base_train.py).
     warmup_steps: int = 40
     warmdown_fraction: float = 0.65  # linear warm-down over the last 65% of the steps ...
     final_lr_fraction: float = 0.05  # ... to 5% of the LR
@@ -128,7 +128,7 @@ def weight_decay_for_width(width: int, wd_ref: float = SEED_WD_REF, width_ref: i
 
 def learning_rates(width: int, total_batch_size: int, constants: ScalingConstants | None = None) -> dict[str, float]:
     """Per-group LRs: the base LR, x (width/768)^-0.5 for the embedding-like groups,
-    all x sqrt(B / 2^19) (facts: Optimizer and schedules)."""
+    all x sqrt(B / 2^19) (nanochat's scripts/base_train.py scales LRs by the batch so).
     c = constants or ScalingConstants()
     batch_scale = math.sqrt(total_batch_size / c.reference_batch_tokens)
     width_scale = (width / c.lr_width_ref) ** -0.5

@@ -218,7 +218,7 @@ def test_fp16_compute_keeps_embeddings_in_fp32():
 
 
 def test_no_autocast_in_the_package():
-    # seed §7: precision is explicit (Linear casts its weight), never the automatic-mixed-precision context;
+    # precision is explicit (Linear casts its weight), never the automatic-mixed-precision context;
     # a call or an import is an offence, a docstring saying "no autocast" is not
     usage = re.compile(r"autocast\s*\(|import\s.*\bautocast\b")
     offenders = [str(path) for path in Path(picochat.__file__).parent.rglob("*.py") if usage.search(path.read_text())]

@@ -1,4 +1,4 @@
-"""The scaling laws and `picochat plan` reproduce the seed's tables (seed §9, §12)."""
+"""The scaling laws and `picochat plan` reproduce nanochat's published tables (dev/LOG.md: tokens per depth, weight decay)."""
 import json
 import math
 
@@ -25,7 +25,7 @@ def test_target_tokens_are_ten_and_a_half_scaling_params(depth):
 
 
 def test_seed_token_counts():
-    # seed §9: d8 0.44B tokens, d18 3.4B, d26 9.6B
+    # nanochat's tokens per depth: d8 0.44B, d18 3.4B, d26 9.6B
     for depth, billions in ((8, 0.44), (18, 3.4), (26, 9.6)):
         assert make_plan(depth).target_tokens / 1e9 == pytest.approx(billions, abs=0.05)
 

@@ -1,7 +1,7 @@
 """Bits per byte: the loss in a unit that does not depend on the tokenizer.
 
 Summed nats over target tokens, divided by ln 2 and by the UTF-8 bytes those targets
-stand for (seed facts, "Evaluation": special tokens count zero bytes and are left out),
+stand for (as nanochat's loss_eval.py: special tokens count zero bytes and are left out),
 so runs with different vocabularies compare fairly.
 """
 from __future__ import annotations

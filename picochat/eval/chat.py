@@ -2,7 +2,7 @@
 
 Pure, as every evaluator (a model or engine, a tokenizer, a task and its items in). Items are split
 across ranks (item i to rank i % world) and the counts summed, so every rank returns the same
-result. ChatCORE is the mean of accuracies centered by chance (facts, "Evaluation").
+result. ChatCORE is the mean of accuracies centered by chance (nanochat's scripts/chat_eval.py).
 """
 from __future__ import annotations
 

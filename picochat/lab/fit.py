@@ -277,7 +277,7 @@ def geometric_mean(values: list[float]) -> float:
 
 
 def fitted_constants(fits: list[FitResult], reference_tokens: float | None = None) -> dict:
-    """ScalingConstants fields the fits determine (the others keep the seed's values when read).
+    """ScalingConstants fields the fits determine (the others keep the published defaults when read).
 
     batch_exponent from the batch law, and reference_batch_tokens = the law at the reference
     tokens (a power of two, as the plan rounds); wd_ref = the weight-decay law at wd_width_ref;

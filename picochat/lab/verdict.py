@@ -1,8 +1,8 @@
 """Verdicts: is a change better per step, per FLOP and per second, and by more than the noise?
 
-Seed §3: a change is an improvement only when it wins on every axis (FP8 and MoE looked good
-on one axis and lost on wall-clock). Seed §6: a lower loss is only meaningful between runs
-scored on the same validation tokens; otherwise no winner is called.
+A change is an improvement only when it wins on one axis and loses on none (in nanochat's dev/LOG.md, FP8
+and MoE looked good per step and lost on wall-clock). A lower loss is only meaningful between runs scored
+on the same validation tokens; otherwise no winner is called.
 
 With ≥ 2 seeds in both arms an axis's verdict is Welch's t-test on each run's bpb at the last
 common point (difference, 95% CI, p-value; picochat/lab/significance.py); with fewer it says how
@@ -123,7 +123,7 @@ class AxisVerdict:
 
 
 def summary_sentence(verdicts: dict[str, AxisVerdict]) -> str:
-    """One line in the seed's words, e.g. 'better per step, worse per second: not a wall-clock gain'."""
+    """One line in plain words, e.g. 'better per step, worse per second: not a wall-clock gain'."""
     d = {axis: v.direction for axis, v in verdicts.items()}
     known = [x for x in d.values() if x != "unknown"]
     if not known:
@@ -145,7 +145,7 @@ def summary_sentence(verdicts: dict[str, AxisVerdict]) -> str:
 
 
 def is_gain(verdicts: dict[str, AxisVerdict]) -> bool:
-    """Seed §3: better on at least one axis and worse on none."""
+    """Better on at least one axis and worse on none."""
     directions = [v.direction for v in verdicts.values()]
     return "better" in directions and "worse" not in directions
 

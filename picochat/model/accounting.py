@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from picochat.model.config import GPTConfig
 
-VE_GATE_CHANNELS = 12  # the value-embedding gate reads the first 12 channels of x (facts: Model)
+VE_GATE_CHANNELS = 12  # the value-embedding gate reads the first 12 channels of x (nanochat's nanochat/gpt.py)
 SMEAR_GATE_CHANNELS = 24  # the smear gate reads the first 24 channels of the embedding (nanochat gpt.py)
 
 

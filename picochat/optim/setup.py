@@ -23,7 +23,7 @@ MODEL_GROUPS = ("matrix", "embedding", "value_embedding", "lm_head", "resid_lamb
 # nanochat tuned its AdamW LRs at width 768 (d12); wider models take LR × (width/768)^−0.5.
 REFERENCE_WIDTH = 768
 
-# Seed §9: Muon weight decay ≈ 0.22 at d12 (width 768) and falls as 1/width². The training plan passes
+# nanochat's dev/LOG.md sweeps: Muon weight decay ≈ 0.22 at d12 (width 768) and falls as 1/width². The training plan passes
 # its own fitted value (picochat.scaling.SEED_WD_REF); this anchor is only the standalone default.
 REFERENCE_WEIGHT_DECAY = 0.22
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from picochat.errors import PicochatError
 
 REFERENCE_DATASET = "climbmix"  # nanochat's pretraining data since 2026-03 (nanochat dev/LOG.md 2026-03-04: the dataset swap cut the speedrun by 27%)
-# Reference facts, "Pipelines": ~170 climbmix shards feed d24 at tokens:params 8 (~5.8B tokens), so a shard
+# nanochat's speedrun.sh: ~170 climbmix shards feed d24 at tokens:params 8 (~5.8B tokens), so a shard
 # holds ~35M tokens; d12 at the plan's 10.5 needs ~1.2B tokens: 40 shards leaves a margin.
 D12_SHARDS = 40
 GPT2_SHARDS = 170

@@ -8,7 +8,7 @@ SPLIT_FILES = {"train": "Train", "dev": "Dev", "test": "Test"}
 
 class MultipleChoiceTask(Task):
     kind = "categorical"
-    chance = 0.25  # ChatCORE centers ARC and MMLU at 1/4 (facts, "Evaluation")
+    chance = 0.25  # ChatCORE centers ARC and MMLU at 1/4 (nanochat's scripts/chat_eval.py)
     letters = ("A", "B", "C", "D", "E")
 
     def score(self, item: dict, completion_text: str) -> bool:

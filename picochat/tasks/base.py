@@ -30,7 +30,7 @@ def tasks_dir() -> Path:
 class Task:
     name: str = ""
     kind: str = "generative"  # or "categorical": the answer is one of `letters`
-    chance: float = 0.0  # accuracy of guessing, for ChatCORE's centering (facts, "Evaluation")
+    chance: float = 0.0  # accuracy of guessing, for ChatCORE's centering (nanochat's scripts/chat_eval.py)
     folder: str = ""  # the data's folder under the data root ("" for synthetic tasks)
     splits: tuple[str, ...] = ("test",)
     eval_split: str = "test"
@@ -104,7 +104,7 @@ def field(row: dict, key: str, path: Path, number: int):
 
 
 def multiple_choice_question(question: str, choices: list[str], letters: tuple[str, ...]) -> str:
-    """The letter after each choice ("- choice=A"), which matters for small models (facts, "Evaluation")."""
+    """The letter after each choice ("- choice=A"), which matters for small models (nanochat's tasks/common.py renders choices so)."""
     lines = "".join(f"- {choice}={letter}\n" for letter, choice in zip(letters, choices))
     return f"Multiple Choice question: {question}\n{lines}\nRespond only with the letter of the correct answer."
 

@@ -2,7 +2,7 @@
 
 Small models see tokens, not letters, so spelling and letter counting must be taught. Counting
 replies spell the word out, then check with a python `.count()` call, as nanochat's SFT data does
-(facts, "Post-training"); the engine's calculator runs that call.
+(nanochat's tasks/spellingbee.py); the engine's calculator runs that call.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class TrainConfig:
     target_flops: float | None = field(default=None, metadata=field_help(
         "the horizon from a FLOP budget: steps = F / (FLOPs per token x total batch); instead of --ratio/--num-iterations"))
     constants: str | None = field(default=None, metadata=field_help(
-        "JSON file of fitted scaling constants (`picochat fit --write-constants`); derived: the seed's"))
+        "JSON file of fitted scaling constants (`picochat fit --write-constants`); derived: the published defaults"))
     total_batch_size: int | None = field(default=None, metadata=field_help("tokens per optimizer step, over all devices"))
     device_batch_size: int | None = field(default=32, metadata=field_help(
         "sequences per micro-batch per device (memory only); auto: the largest that fits", parse=int_or_auto,

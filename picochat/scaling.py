@@ -128,7 +128,7 @@ def weight_decay_for_width(width: int, wd_ref: float = SEED_WD_REF, width_ref: i
 
 def learning_rates(width: int, total_batch_size: int, constants: ScalingConstants | None = None) -> dict[str, float]:
     """Per-group LRs: the base LR, x (width/768)^-0.5 for the embedding-like groups,
-    all x sqrt(B / 2^19) (nanochat's scripts/base_train.py scales LRs by the batch so).
+    all x sqrt(B / 2^19) (nanochat's scripts/base_train.py scales LRs by the batch so)."""
     c = constants or ScalingConstants()
     batch_scale = math.sqrt(total_batch_size / c.reference_batch_tokens)
     width_scale = (width / c.lr_width_ref) ** -0.5

@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.datastructures import Headers
 
 from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams, StreamDecoder
 from picochat.infer.scheduler import END, Scheduler
@@ -126,6 +127,24 @@ class ChatService:
         return steps(), lambda: scheduler.cancel(job)
 
 
+class HostCheck:
+    """The Host/Origin check (limits.HostGuard) before any route, as plain ASGI middleware: Starlette's
+    `@app.middleware("http")` wraps every response in its own streams, which costs each streamed token."""
+
+    def __init__(self, app, guard: HostGuard):
+        self.app, self.guard = app, guard
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            try:
+                self.guard.check(headers.get("host"), headers.get("origin"))
+            except RequestError as error:
+                await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -198,13 +217,7 @@ def create_app(engines: Engine | list[Engine], model_name: str, config: ServeCon
         return JSONResponse(RequestError(500, f"internal error ({type(error).__name__})", kind="server_error").body(),
                             status_code=500)
 
-    @app.middleware("http")
-    async def check_host_and_origin(request: Request, call_next):
-        try:
-            guard.check(request.headers.get("host"), request.headers.get("origin"))
-        except RequestError as error:
-            return JSONResponse(error.body(), status_code=error.status)
-        return await call_next(request)
+    app.add_middleware(HostCheck, guard=guard)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():

@@ -69,8 +69,8 @@ class ReplyScriptModel(torch.nn.Module):
         self.real, self.script, self.end, self.pace, self.written = real, script, end, pace, 0
         self.config, self.compute_dtype = real.config, real.compute_dtype
 
-    def forward(self, idx, kv_cache=None, last_only=False):  # last_only: the logits below are all read at -1
-        self.real(idx, kv_cache=kv_cache)
+    def forward(self, idx, kv_cache=None, last_only=False, row_lengths=None):  # logits read at -1: padding repeats a prompt's last token
+        self.real(idx, kv_cache=kv_cache, row_lengths=row_lengths)
         self.written = 0 if idx.size(1) > 1 else self.written + 1
         time.sleep(self.pace)
         logits = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)

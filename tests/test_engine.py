@@ -11,6 +11,7 @@ from picochat.cli import main
 from picochat.infer.chat_cli import ChatConfig, chat_loop, run_chat
 from picochat.infer.engine import Batch, Engine, PromptTooLongError, SamplingParams, StreamDecoder
 from picochat.infer.sampling import filtered_probs, sample_rows
+from picochat.model.gpt import GPT
 from picochat.model.kv_cache import KVCache
 
 
@@ -88,8 +89,8 @@ class ScriptedModel(torch.nn.Module):
         self.fed: list[int] = []  # the token fed at each decode step
         self.calls = 0
 
-    def forward(self, idx, kv_cache=None, last_only=False):  # last_only: the logits below are all read at -1
-        self.real(idx, kv_cache=kv_cache)  # keeps the cache's position honest
+    def forward(self, idx, kv_cache=None, last_only=False, row_lengths=None):  # logits read at -1: padding repeats a prompt's last token
+        self.real(idx, kv_cache=kv_cache, row_lengths=row_lengths)  # keeps the cache's positions honest
         if self.calls:
             self.fed.append(int(idx[0, -1]))
         logits = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
@@ -197,7 +198,7 @@ def decode_together(engine, jobs: list[tuple[list[int], SamplingParams, int]], m
 
     while len(handles) < len(jobs) or batch.slots:
         arriving = [j for j, (_, _, joins_at) in enumerate(jobs) if joins_at == step]
-        if arriving:  # prefilled together, as the server's scheduler does: one forward per prompt length
+        if arriving:  # prefilled together in one forward, as the server's scheduler does
             first = batch.add_together([(jobs[j][0], jobs[j][1]) for j in arriving])
             for j, (request, _) in zip(arriving, first):
                 handles[request] = j
@@ -217,7 +218,7 @@ def test_requests_decoded_together_equal_each_decoded_alone(engine, tok):
         (prompt_ids(tok, 17), SamplingParams(max_tokens=6, temperature=0.7, top_p=0.9, seed=9), 3),
         (prompt_ids(tok, 9), SamplingParams(max_tokens=15, temperature=1.3, seed=11), 7),
         (prompt_ids(tok, 33), SamplingParams(max_tokens=10, temperature=0), 8),
-        (prompt_ids(tok, 17)[::-1], SamplingParams(max_tokens=9, temperature=0), 3),  # prefilled with the 17 above
+        (prompt_ids(tok, 17)[::-1], SamplingParams(max_tokens=9, temperature=0), 3),  # with the 17 above
         (prompt_ids(tok, 5)[::-1], SamplingParams(max_tokens=8, temperature=0.9, seed=3), 0),  # and with the 5
     ]
     together = decode_together(engine, jobs, max_rows=8)
@@ -246,6 +247,31 @@ def test_a_ragged_forward_matches_each_row_alone_in_fp32(engine, tok):
     torch.testing.assert_close(together, torch.stack(alone), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("smear", [False, True])
+def test_prompts_of_different_lengths_prefilled_together_equal_each_prefilled_alone(tok, smear):
+    """Right-padded to the longest (41, past the S layer's 32-token window): each row's next-token logits, its
+    cache up to its own length, and (smear) the embedding the cache keeps are the prompt's own."""
+    model = tiny_model(tok.vocab_size)
+    if smear:
+        model = GPT(dataclasses.replace(model.config, smear=True))
+        torch.manual_seed(0)
+        model.init_weights()
+        with torch.no_grad():
+            model.smear_lambda.fill_(0.5)
+    engine = Engine(model.eval(), tok)
+    prompts = [prompt_ids(tok, n) for n in (3, 41, 20)]
+    logits, together = engine.prefill_together(prompts)
+    assert together.lengths == [3, 41, 20]
+    for row, prompt in enumerate(prompts):
+        alone_logits, alone = engine.prefill(prompt)
+        n = len(prompt)
+        torch.testing.assert_close(logits[row], alone_logits[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(together.k[:, row, :, :n], alone.k[:, 0, :, :n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together.v[:, row, :, :n], alone.v[:, 0, :, :n], atol=1e-5, rtol=1e-5)
+        if smear:
+            torch.testing.assert_close(together.prev_embed[row], alone.prev_embed[0], atol=1e-6, rtol=1e-6)
+
+
 class SuccessorModel(ScriptedModel):
     """Each row's next token is a fixed successor of the token it was fed last, so each request follows its own
     script whatever else is in the batch."""
@@ -254,8 +280,8 @@ class SuccessorModel(ScriptedModel):
         super().__init__(real, [default])
         self.successor, self.default = successor, default
 
-    def forward(self, idx, kv_cache=None, last_only=False):  # last_only: the logits below are all read at -1
-        self.real(idx, kv_cache=kv_cache)
+    def forward(self, idx, kv_cache=None, last_only=False, row_lengths=None):  # logits read at -1: padding repeats a prompt's last token
+        self.real(idx, kv_cache=kv_cache, row_lengths=row_lengths)
         logits = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
         for row, last in enumerate(idx[:, -1].tolist()):
             logits[row, -1, self.successor.get(last, self.default)] = 1.0

@@ -108,11 +108,18 @@ class Engine:
 
     @torch.no_grad()
     def prefill_together(self, prompts: list[list[int]]) -> tuple[torch.Tensor, KVCache]:
-        """Prompts of one length in one forward: each one's next-token logits [k, V] and a k-row cache.
-        Requests arriving together are prefilled together: one at a time, k newcomers would stall the batch
-        k times (32 clients whose replies end on the same step came back as a convoy of serial prefills)."""
-        cache = KVCache(self.model.config, len(prompts), len(prompts[0]), self.device, self.model.compute_dtype)
-        return self.model(torch.tensor(prompts, device=self.device), kv_cache=cache, last_only=True)[:, -1], cache
+        """Prompts of any lengths in one forward, right-padded to the longest: each one's next-token logits
+        [k, V] and a k-row cache holding each prompt at its own length. Requests arriving together are prefilled
+        together: one at a time, k newcomers would stall the batch k times (32 clients whose replies end on the
+        same step came back as a convoy of serial prefills), and on a CPU a short prompt costs a forward's
+        overhead whatever its length."""
+        lengths = [len(prompt) for prompt in prompts]
+        longest = max(lengths)
+        padded = [prompt + [prompt[-1]] * (longest - len(prompt)) for prompt in prompts]
+        cache = KVCache(self.model.config, len(prompts), longest, self.device, self.model.compute_dtype)
+        logits = self.model(torch.tensor(padded, device=self.device), kv_cache=cache, last_only=True,
+                            row_lengths=lengths if min(lengths) < longest else None)
+        return logits[:, -1], cache
 
     def next_tokens(self, request: Request, logits: torch.Tensor, greedy: list[int]) -> list[int | None]:
         """Each of the request's rows' next token: forced, sampled from its rows' logits [n, V] (their argmax
@@ -194,23 +201,17 @@ class Batch:
 
     @torch.no_grad()
     def add_together(self, arrivals: list[tuple[list[int], SamplingParams]]) -> list[tuple[Request, list[int | None]]]:
-        """`add` for several requests at once, those whose prompts have one length prefilled in one forward.
-        All are checked, then all prefilled, then all placed: a failure leaves the batch as it was. A request
-        whose first token already ends it (a stop token, a one-token budget) leaves at once."""
+        """`add` for several requests at once, their prompts prefilled in one forward. All are checked, then
+        prefilled, then placed: a failure leaves the batch as it was. A request whose first token already ends
+        it (a stop token, a one-token budget) leaves at once."""
         budgets = [self.engine.reply_budget(len(prompt), params.max_tokens) for prompt, params in arrivals]
         wanted = sum(params.num_samples for _, params in arrivals)
         longest = max(len(prompt) + budget for (prompt, _), budget in zip(arrivals, budgets))
         if wanted > self.free_rows or longest > self.max_len:
             raise ValueError(f"the batch has {self.free_rows} free rows of {self.max_len} positions; "
                              f"the requests need {wanted} of up to {longest}")
-        by_length: dict[int, list[int]] = {}
-        for i, (prompt, _) in enumerate(arrivals):
-            by_length.setdefault(len(prompt), []).append(i)
-        prefilled = {}
-        for indices in by_length.values():
-            logits, cache = self.engine.prefill_together([arrivals[i][0] for i in indices])
-            prefilled |= {i: (logits[j:j + 1], cache, j) for j, i in enumerate(indices)}
-        outputs = [self._place(params, budget, *prefilled[i]) for i, ((_, params), budget)
+        logits, cache = self.engine.prefill_together([prompt for prompt, _ in arrivals])
+        outputs = [self._place(params, budget, logits[i:i + 1], cache, i) for i, ((_, params), budget)
                    in enumerate(zip(arrivals, budgets))]
         self.remove([request for request, _ in outputs if request.done])
         return outputs

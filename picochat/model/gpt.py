@@ -314,11 +314,15 @@ class GPT(nn.Module):
         self.sin.copy_(sin)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, loss_reduction: str = "mean", last_only: bool = False) -> torch.Tensor:
+                kv_cache: KVCache | None = None, loss_reduction: str = "mean", last_only: bool = False,
+                row_lengths: list[int] | None = None) -> torch.Tensor:
         """Logits [B, T, vocab_size] in fp32, or the cross-entropy against `targets` (ignoring -1).
 
         `last_only`: the last position's logits only, [B, 1, vocab_size]: a prefill needs no more, and at a
-        small width the vocabulary projection is most of a forward's FLOPs."""
+        small width the vocabulary projection is most of a forward's FLOPs.
+        `row_lengths` (a prefill into an empty cache): the rows are prompts right-padded to T, row r's own
+        tokens being its first row_lengths[r]. Attention is causal, so no position of a prompt sees the padding
+        after it: each row's cache (trimmed to its length), kept embedding and last logits are its own."""
         B, T = idx.shape
         start = kv_cache.start(B) if kv_cache is not None else 0  # None: each row at its own position
         end = (start if start is not None else max(kv_cache.lengths[:B])) + T
@@ -329,9 +333,10 @@ class GPT(nn.Module):
         else:  # continuous batching: one new token per row, rotated by that row's position
             positions = kv_cache.positions(B)[:, None]  # [B, 1]
             cos, sin = self.cos[0, positions], self.sin[0, positions]  # [B, 1, 1, head_dim/2]
+        last = torch.tensor(row_lengths, device=idx.device) - 1 if row_lengths is not None else None
         x = norm(self.wte(idx).to(self.compute_dtype))
         if self.smear_gate is not None:
-            x = self.smear(x, kv_cache)
+            x = self.smear(x, kv_cache, last)
         x0, x_mid = x, None
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
@@ -343,12 +348,14 @@ class GPT(nn.Module):
                 x_mid = x
         if kv_cache is not None:
             kv_cache.advance(T, B)
+            if row_lengths is not None:
+                kv_cache.trim(row_lengths)
         if self.backout_lambda is not None:  # take back the mid-network features the logits do not need
             x = x - self.backout_lambda.to(x.dtype) * x_mid
         if last_only:
             if targets is not None:
                 raise ValueError("last_only gives logits; it cannot be combined with targets")
-            x, T = x[:, -1:], 1
+            x, T = (x[:, -1:] if last is None else x[torch.arange(B, device=x.device), last][:, None]), 1
         logits = self.lm_head(norm(x))[..., :self.config.vocab_size].float()  # padded vocab rows dropped
         softcap = self.config.softcap
         if targets is None:
@@ -359,14 +366,15 @@ class GPT(nn.Module):
         nats = SoftcappedCrossEntropy.apply(logits.view(B * T, -1), targets, softcap)
         return nats.view(B, T) if loss_reduction == "none" else nats.sum() / (targets != -1).sum()
 
-    def smear(self, x: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+    def smear(self, x: torch.Tensor, kv_cache: KVCache | None, last: torch.Tensor | None = None) -> torch.Tensor:
         """x_t + λ·σ(w·x_t[:24])·x_{t-1} on the normed embeddings x [B, T, width] (nanochat gpt.py: a cheap bigram).
-        Position 0 has no previous token; with a cache, a chunk's first previous token is the one the cache kept."""
+        Position 0 has no previous token; with a cache, a chunk's first previous token is the one the cache kept,
+        and the cache keeps each row's embedding at `last` (its last position by default)."""
         B, _, width = x.shape
         first = x.new_zeros(B, 1, width) if kv_cache is None else kv_cache.previous_embedding(B)
         previous = torch.cat((first, x[:, :-1]), dim=1)  # a copy, so the cache may now keep this chunk's last
         if kv_cache is not None:
-            kv_cache.keep_embedding(x[:, -1])
+            kv_cache.keep_embedding(x[:, -1] if last is None else x[torch.arange(B, device=x.device), last])
         gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(self.smear_gate(x[..., :SMEAR_GATE_CHANNELS]))
         return x + gate * previous
 

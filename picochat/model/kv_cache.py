@@ -87,6 +87,13 @@ class KVCache:
             raise ValueError(f"ragged rows decode one token at a time, got {new}")
         return self.k[layer, :rows, :, :end], self.v[layer, :rows, :, :end]
 
+    def trim(self, lengths: list[int]) -> None:
+        """Rows 0..len(lengths)-1 keep only their first lengths[r] positions (right-padded prompts prefilled
+        together: what follows a row's prompt is padding, and its next token overwrites it)."""
+        for r, length in enumerate(lengths):
+            self.lengths[r] = min(self.lengths[r], length)
+        self._positions = None
+
     def advance(self, num_tokens: int, rows: int | None = None) -> None:
         """Rows 0..rows-1 (all by default) now hold `num_tokens` more positions."""
         for r in range(self.batch_size if rows is None else rows):

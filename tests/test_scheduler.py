@@ -11,8 +11,9 @@ from picochat.infer.scheduler import END, Scheduler
 PROMPT_TOKENS = 10
 
 
-def serve_crowd(prefill_chunk: int, crowd: int = 4, max_tokens: int = 6) -> list[tuple[int, int]]:
-    """`crowd` requests queued at once; the order in which tokens reached them, as (request, its token count)."""
+def serve_crowd(prefill_chunk: int, crowd: int = 4, max_tokens: int = 6, stats: list | None = None) -> list[tuple[int, int]]:
+    """`crowd` requests queued at once; the order in which tokens reached them, as (request, its token count);
+    the scheduler's stats at the end go into `stats`."""
     tok = tiny_tokenizer()
     engine = Engine(tiny_model(tok.vocab_size), tok)
     engine.stop_ids = set()  # every reply runs to max_tokens
@@ -39,6 +40,8 @@ def serve_crowd(prefill_chunk: int, crowd: int = 4, max_tokens: int = 6) -> list
     try:
         for _ in range(crowd):
             assert finished.acquire(timeout=60), f"not every request finished: {received}"
+        if stats is not None:
+            stats.append(scheduler.stats())
     finally:
         scheduler.stop()
     assert received == [max_tokens] * crowd
@@ -61,6 +64,13 @@ def test_a_crowd_larger_than_a_chunk_is_admitted_between_decode_steps():
 def test_a_prompt_longer_than_the_chunk_is_still_admitted():
     events = serve_crowd(prefill_chunk=1, crowd=2)
     assert events.index((0, 1)) < events.index((1, 1))
+
+
+def test_stats_report_the_median_wait_for_a_first_token():
+    stats = []
+    serve_crowd(prefill_chunk=512, stats=stats)
+    [health] = stats
+    assert health["active_rows"] == 0 and 0 < health["time_to_first_token_p50_s"] < 60
 
 
 def test_serve_refuses_a_prefill_chunk_below_one():

@@ -13,6 +13,7 @@ exception, or END once the request has finished.
 """
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from picochat.infer.limits import RequestError
 
 END = object()  # delivered once a request has finished
 RATE_WINDOW_S = 10.0  # tokens/s in /health is measured over this many recent seconds
+RECENT_REQUESTS = 256  # time to first token in /health: the median over this many recent requests
 
 
 @dataclass(eq=False)
@@ -34,6 +36,7 @@ class Job:
     reserved_tokens: int
     cancelled: bool = False
     request: Request | None = None  # set once admitted into the batch
+    submitted: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Scheduler:
         self.running: dict[Request, Job] = {}
         self.reserved_tokens = 0
         self.throughput = Throughput()
+        self.first_token_waits: deque[float] = deque(maxlen=RECENT_REQUESTS)  # submit -> first token, seconds
         self.wakeup = threading.Condition()
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name=f"picochat-model-{engine.device}", daemon=True)
@@ -97,7 +101,9 @@ class Scheduler:
             return {"device": str(self.engine.device), "waiting": len(self.waiting),
                     "active_requests": len(self.running), "active_rows": len(self.batch.slots),
                     "max_batch": self.batch.cache.batch_size,
-                    "tokens_per_s": round(self.throughput.per_second(time.monotonic()), 1)}
+                    "tokens_per_s": round(self.throughput.per_second(time.monotonic()), 1),
+                    "time_to_first_token_p50_s": round(statistics.median(self.first_token_waits), 4)
+                    if self.first_token_waits else None}
 
     def stop(self) -> None:
         with self.wakeup:
@@ -168,10 +174,12 @@ class Scheduler:
                 self.reserved_tokens -= jobs[0].reserved_tokens
             jobs[0].deliver(e)
             return
+        now = time.monotonic()
         with self.wakeup:
             for job, (request, _) in zip(jobs, outputs):
                 job.request = request
                 self.running[request] = job
+                self.first_token_waits.append(now - job.submitted)
         self._deliver(outputs)
 
     def _step(self) -> None:

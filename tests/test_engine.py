@@ -272,6 +272,12 @@ def test_prompts_of_different_lengths_prefilled_together_equal_each_prefilled_al
             torch.testing.assert_close(together.prev_embed[row], alone.prev_embed[0], atol=1e-6, rtol=1e-6)
 
 
+def test_row_lengths_are_refused_for_a_cache_that_already_holds_tokens(engine, tok):
+    _, cache = engine.prefill(prompt_ids(tok, 4))
+    with pytest.raises(ValueError, match="empty cache"):
+        engine.model(torch.tensor([prompt_ids(tok, 3)]), kv_cache=cache, last_only=True, row_lengths=[2])
+
+
 class SuccessorModel(ScriptedModel):
     """Each row's next token is a fixed successor of the token it was fed last, so each request follows its own
     script whatever else is in the batch."""

@@ -333,7 +333,11 @@ class GPT(nn.Module):
         else:  # continuous batching: one new token per row, rotated by that row's position
             positions = kv_cache.positions(B)[:, None]  # [B, 1]
             cos, sin = self.cos[0, positions], self.sin[0, positions]  # [B, 1, 1, head_dim/2]
-        last = torch.tensor(row_lengths, device=idx.device) - 1 if row_lengths is not None else None
+        last = None
+        if row_lengths is not None:
+            if start != 0:
+                raise ValueError("row_lengths describes right-padded prompts prefilled into an empty cache")
+            last = torch.tensor(row_lengths, device=idx.device) - 1
         x = norm(self.wte(idx).to(self.compute_dtype))
         if self.smear_gate is not None:
             x = self.smear(x, kv_cache, last)

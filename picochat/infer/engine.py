@@ -118,7 +118,7 @@ class Engine:
         padded = [prompt + [prompt[-1]] * (longest - len(prompt)) for prompt in prompts]
         cache = KVCache(self.model.config, len(prompts), longest, self.device, self.model.compute_dtype)
         logits = self.model(torch.tensor(padded, device=self.device), kv_cache=cache, last_only=True,
-                            row_lengths=lengths if min(lengths) < longest else None)
+                            row_lengths=lengths)
         return logits[:, -1], cache
 
     def next_tokens(self, request: Request, logits: torch.Tensor, greedy: list[int]) -> list[int | None]:

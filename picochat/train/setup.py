@@ -28,7 +28,7 @@ from picochat.tokenizer import Tokenizer
 from picochat.train.build import check_fp8, default_compile, model_config
 from picochat.train.config import LR_FIELDS, SHAPE_FIELDS, TrainConfig
 from picochat.train.fit_batch import fit_device_batch
-from picochat.train.mfu import peak_flops
+from picochat.train.mfu import cpu_peak_flops
 
 
 @dataclass
@@ -132,7 +132,7 @@ def resolve(cfg: TrainConfig, plan: Plan, tokenizer: Tokenizer, runtime: Runtime
         "warmup_steps": plan.warmup_steps, "ratio": None if cfg.target_flops else plan.constants.ratio,
         "device": runtime.device.type, "dtype": str(runtime.dtype).removeprefix("torch."),
         "compile": default_compile(runtime.device.type, plan.flops_per_token * plan.tokens,
-                                   peak_flops(runtime.device, "cpu")[0] if runtime.device.type == "cpu" else None),
+                                   cpu_peak_flops()[0] if runtime.device.type == "cpu" else None),
         **{field: plan.learning_rates[group] for group, field in LR_FIELDS.items()},
     }
     return dataclasses.replace(cfg, **{k: v for k, v in derived.items() if getattr(cfg, k) is None})

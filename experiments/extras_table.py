@@ -26,9 +26,13 @@ AXES = ("step", "flops", "time")
 
 
 def compare(baseline: list[str], arm: list[str]) -> dict:
-    out = subprocess.run(["picochat", "compare", *baseline, *arm, "--json"], capture_output=True, text=True,
-                         check=True).stdout
-    return json.loads(out[out.index("{"):])
+    done = subprocess.run(["picochat", "compare", *baseline, *arm, "--json"], capture_output=True, text=True)
+    if done.returncode != 0 or "{" not in done.stdout:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"error: picochat compare {' '.join(arm)} failed ({last}); run the d4 sweep first "
+              f"(experiments/README.md) with the same $PICOCHAT_HOME", file=sys.stderr)
+        sys.exit(2)
+    return json.loads(done.stdout[done.stdout.index("{"):])
 
 
 def cell(significance: dict | None, difference: float | None) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,11 @@ def test_the_cpu_rung_has_the_seeds_the_issue_asks_for():
             arms.setdefault(tuple(f for f in EXTRAS if getattr(cfg, f)), set()).add(cfg.seed)
     assert len(arms[()]) >= 3 and len(arms[EXTRAS]) >= 3
     assert all(len(arms[(f,)]) >= 2 for f in EXTRAS)
+
+
+def test_the_table_script_says_what_to_run_first_when_the_runs_are_missing(home):
+    script = Path(__file__).resolve().parents[1] / "experiments" / "extras_table.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: picochat compare") and "run the d4 sweep first" in line

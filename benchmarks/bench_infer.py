@@ -11,13 +11,14 @@ batch looks up, and each row's keys and values inside each layer's window) / ste
 the datasheet figure on a GPU (picochat/hardware.py), a measured tensor copy on a CPU. Decoding at small
 batches is bound by that bandwidth, which is why a batch of 32 costs about what a batch of 1 does.
 The load test starts the real server in its own process (as deployed) on a loopback port and keeps N streaming
-clients busy for a fixed time, once with continuous batching (--max-batch N) and once without (--max-batch 1); a lone client
+clients (coroutines on one event loop) busy for a fixed time, once with continuous batching (--max-batch N) and once without (--max-batch 1); a lone client
 gives the time-to-first-token to compare against. Each client draws its prompts and reply lengths from its own seeded
 generator, as chat traffic varies (--lockstep: identical requests, the worst case for time-to-first-token). The last line of output is one JSON object.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import json
@@ -25,7 +26,6 @@ import multiprocessing
 import random
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -153,17 +153,21 @@ def time_to_first_token(engine: Engine, prompt_len: int, repeats: int) -> float:
 
 # --- the server under load -----------------------------------------------------------------------
 
-def stream_once(port: int, body: bytes) -> tuple[float, float, int]:
+async def stream_once(port: int, body: bytes) -> tuple[float, float, int]:
     """One streaming request: (time to first content, whole latency, content chunks ~ tokens)."""
     started, first, chunks = time.perf_counter(), None, 0
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    for line in response:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (port, len(body), body))
+    await writer.drain()
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(f"the server answered {status.decode().strip()!r}")
+    async for line in reader:  # the chunked framing's size lines never start with "data: "
         if line.startswith(b"data: {") and b'"content": ""' not in line:
             chunks += 1
             first = first or time.perf_counter() - started
-    connection.close()
+    writer.close()
     return first or float("nan"), time.perf_counter() - started, chunks
 
 
@@ -218,36 +222,45 @@ def request_body(rng: random.Random, args: argparse.Namespace) -> bytes:
 
 
 def load_test(args: argparse.Namespace, clients: int, seconds: float, max_batch: int) -> dict:
-    """`clients` threads each sending streaming requests back to back for `seconds`, starting spread over the
-    first second (at once with --lockstep); requests still running at the end are finished and counted, so the
-    window is a lower bound on the test's length."""
+    """`clients` streaming clients sending requests back to back for `seconds`, starting spread over the first
+    second (at once with --lockstep); requests still running at the end are finished and counted, so the window
+    is a lower bound on the test's length. The clients are coroutines on one event loop, as a load generator's
+    are (vLLM's benchmark_serving.py drives its server so): 32 threads would spend the shared cores passing the
+    interpreter lock around and add their own waits to every time they measure."""
     config = {"rate_per_minute": 0, "max_batch": max_batch, "max_queue": clients + 1, "max_tokens": args.max_tokens * 2}
-    results, lock = [], threading.Lock()
     with server_process(args, config) as port:
-        stream_once(port, request_body(random.Random(-1), args))  # warm-up
-        deadline = time.perf_counter() + seconds
-
-        def client(index: int) -> None:
-            rng = random.Random(index)
-            if not args.lockstep:
-                time.sleep(rng.random())
-            while time.perf_counter() < deadline:
-                outcome = stream_once(port, request_body(rng, args))
-                with lock:
-                    results.append(outcome)
-
-        started = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - started
+        results, elapsed = asyncio.run(drive(port, args, clients, seconds))
+        server_ttft = health(port)["workers"][0]["time_to_first_token_p50_s"]
     ttft, latency = sorted(r[0] for r in results), sorted(r[1] for r in results)
     pick = lambda xs, q: round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)  # noqa: E731
     return {"clients": clients, "max_batch": max_batch, "seconds": round(elapsed, 1), "requests": len(results),
             "tok_s": round(sum(r[2] for r in results) / elapsed, 1), "ttft_p50_s": pick(ttft, 0.5),
-            "ttft_p99_s": pick(ttft, 0.99), "latency_p50_s": pick(latency, 0.5), "latency_p99_s": pick(latency, 0.99)}
+            "ttft_p99_s": pick(ttft, 0.99), "server_ttft_p50_s": server_ttft,
+            "latency_p50_s": pick(latency, 0.5), "latency_p99_s": pick(latency, 0.99)}
+
+
+async def drive(port: int, args: argparse.Namespace, clients: int, seconds: float) -> tuple[list, float]:
+    await stream_once(port, request_body(random.Random(-1), args))  # warm-up
+    results, deadline = [], time.perf_counter() + seconds
+
+    async def client(index: int) -> None:
+        rng = random.Random(index)
+        if not args.lockstep and clients > 1:
+            await asyncio.sleep(rng.random())
+        while True:  # every client sends at least one request
+            results.append(await stream_once(port, request_body(rng, args)))
+            if time.perf_counter() >= deadline:
+                return
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return results, time.perf_counter() - started
+
+
+def health(port: int) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", "/health")
+    return json.loads(connection.getresponse().read())
 
 
 def main() -> None:

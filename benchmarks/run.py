@@ -122,7 +122,8 @@ def infer_rows(device: torch.device, quick: bool) -> list[tuple[str, str, str]]:
                      f"step {result['step_ms']} ms, {result['achieved_GB_s']} GB/s = "
                      f"{100 * result['achieved_GB_s'] * 1e9 / peak:.1f}% of {peak / 1e9:.1f} GB/s"))
     if not quick:
-        batched, unbatched = (bench_infer.load_test(engine, 32, 60, max_batch, 32, 64) for max_batch in (32, 1))
+        load = SimpleNamespace(**vars(args), device=device.type, max_tokens=32, lockstep=False)
+        batched, unbatched = (bench_infer.load_test(load, 32, 60, max_batch) for max_batch in (32, 1))
         rows.append(("server d4, 32 streaming clients, 60 s", f"{batched['tok_s']:,} tok/s",
                      f"{batched['tok_s'] / unbatched['tok_s']:.1f}x --max-batch 1 ({unbatched['tok_s']:,} tok/s); "
                      f"TTFT p50 {batched['ttft_p50_s']} s, latency p99 {batched['latency_p99_s']} s"))

@@ -35,15 +35,17 @@ def chat_command(args: argparse.Namespace) -> None:
 def serve_command(args: argparse.Namespace) -> None:
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         raise PicochatError("`picochat serve` needs FastAPI and uvicorn: pip install -e '.[serve]'")
-    from picochat.infer.server import serve  # noqa: PLC0415  (the optional `serve` extra, loaded only here)
+    from picochat.infer.server import lane_threads, serve  # noqa: PLC0415  (the optional `serve` extra, loaded only here)
 
     cfg = config_from_args(ServeConfig, args)
     check_serve_config(cfg)
     print0(format_config(cfg, "serve"))
     engines = worker_engines(*load_engine(cfg.run, cfg.step, cfg.device)[:1], cfg.workers)
     model_name = cfg.model_name or Path(cfg.run).name
+    lanes = lane_threads(engines[0], cfg)
+    prefill = f"a prefill lane of {lanes} thread(s) beside decoding" if lanes else "prefills between decode steps"
     print0(f"serve: {model_name} on {', '.join(str(e.device) for e in engines)}, context "
-           f"{engines[0].context_length} tokens, batches of up to {cfg.max_batch} rows; "
+           f"{engines[0].context_length} tokens, batches of up to {cfg.max_batch} rows, {prefill}; "
            f"chat at http://{cfg.host}:{cfg.port}/ and the API at http://{cfg.host}:{cfg.port}/v1")
     serve(engines, model_name, cfg)
 

@@ -1,10 +1,11 @@
 """Generation with the KV cache: prefill once, decode token by token, many requests at once, the calculator live.
 
 A `Batch` decodes requests together (continuous batching, as in Orca, OSDI 2022, and vLLM): each request is
-prefilled into a one-row cache, its first tokens are sampled from the prefill's logits at once (time to first
-token is one prefill, not a prefill and a batch step), its row is copied into as many free rows of the batch's
-cache as it wants samples, and from then on it decodes with everyone else, one token per row per step, each
-row at its own position. A request leaves when all its rows have stopped, and its rows go to whoever comes next.
+prefilled outside the batch (requests arriving together share one forward), its first tokens are sampled from
+the prefill's logits at once (time to first token is one prefill, not a prefill and a batch step), then it joins:
+its prompt's keys and values are copied into as many free rows of the batch's cache as it wants samples, and from
+then on it decodes with everyone else, one token per row per step, each row at its own position. A request leaves
+when all its rows have stopped, and its rows go to whoever comes next.
 Every row has its own seeded generator (seed + sample index) and its own sampling parameters, so a request's
 tokens do not depend on what else is in the batch: with the same seed it writes what it writes alone (up to
 the low bits a matmul of another batch size may sum differently; tests/test_engine.py checks both).
@@ -174,6 +175,15 @@ class Request:
         return all(row.finish_reason for row in self.rows)
 
 
+@dataclass(eq=False)
+class Prefilled:
+    """A request prefilled and given its first tokens, not yet in the batch: row `row` of `cache` holds its prompt."""
+    request: Request
+    first_tokens: list[int | None]
+    cache: KVCache
+    row: int
+
+
 class Batch:
     """Requests decoding together in one cache of `max_rows` rows of `max_len` positions.
 
@@ -199,34 +209,47 @@ class Batch:
         """Prefill `prompt`, give it `params.num_samples` rows, and choose its first tokens."""
         return self.add_together([(prompt, params)])[0]
 
-    @torch.no_grad()
     def add_together(self, arrivals: list[tuple[list[int], SamplingParams]]) -> list[tuple[Request, list[int | None]]]:
         """`add` for several requests at once, their prompts prefilled in one forward. All are checked, then
-        prefilled, then placed: a failure leaves the batch as it was. A request whose first token already ends
-        it (a stop token, a one-token budget) leaves at once."""
-        budgets = [self.engine.reply_budget(len(prompt), params.max_tokens) for prompt, params in arrivals]
+        prefilled, then joined: a failure leaves the batch as it was."""
         wanted = sum(params.num_samples for _, params in arrivals)
-        longest = max(len(prompt) + budget for (prompt, _), budget in zip(arrivals, budgets))
-        if wanted > self.free_rows or longest > self.max_len:
-            raise ValueError(f"the batch has {self.free_rows} free rows of {self.max_len} positions; "
-                             f"the requests need {wanted} of up to {longest}")
-        logits, cache = self.engine.prefill_together([prompt for prompt, _ in arrivals])
-        outputs = [self._place(params, budget, logits[i:i + 1], cache, i) for i, ((_, params), budget)
-                   in enumerate(zip(arrivals, budgets))]
-        self.remove([request for request, _ in outputs if request.done])
-        return outputs
+        if wanted > self.free_rows:
+            raise ValueError(f"the batch has {self.free_rows} free rows; the requests need {wanted}")
+        prefilled = self.prefill(arrivals)
+        self.join(prefilled)
+        return [(arrival.request, arrival.first_tokens) for arrival in prefilled]
 
-    def _place(self, params: SamplingParams, budget: int, logits: torch.Tensor, prefill: KVCache,
-               row: int) -> tuple[Request, list[int | None]]:
-        """Copy row `row` of a prefilled cache into `params.num_samples` free rows; sample their first tokens."""
-        n = params.num_samples
-        rows = list(range(len(self.slots), len(self.slots) + n))
-        self.cache.insert(prefill, rows, source_row=row)
-        request = Request(params, budget, [RowState() for _ in range(n)],
-                          [torch.Generator().manual_seed(params.seed + r) for r in range(n)], rows)
-        self.slots += [request] * n
-        logits = logits.expand(n, -1)
-        return request, self.engine.next_tokens(request, logits, logits.argmax(dim=-1).tolist())
+    @torch.no_grad()
+    def prefill(self, arrivals: list[tuple[list[int], SamplingParams]]) -> list[Prefilled]:
+        """Requests' prompts prefilled together and their first tokens chosen, outside the batch: this reads
+        nothing the batch's decode steps change, so it may run beside them (the server's prefill lane)."""
+        budgets = [self.engine.reply_budget(len(prompt), params.max_tokens) for prompt, params in arrivals]
+        longest = max(len(prompt) + budget for (prompt, _), budget in zip(arrivals, budgets))
+        if longest > self.max_len:
+            raise ValueError(f"the batch's rows have {self.max_len} positions; the requests need up to {longest}")
+        logits, cache = self.engine.prefill_together([prompt for prompt, _ in arrivals])
+        prefilled = []
+        for i, ((_, params), budget) in enumerate(zip(arrivals, budgets)):
+            n = params.num_samples
+            request = Request(params, budget, [RowState() for _ in range(n)],
+                              [torch.Generator().manual_seed(params.seed + r) for r in range(n)], [])
+            row_logits = logits[i:i + 1].expand(n, -1)
+            first = self.engine.next_tokens(request, row_logits, row_logits.argmax(dim=-1).tolist())
+            prefilled.append(Prefilled(request, first, cache, i))
+        return prefilled
+
+    def join(self, prefilled: list[Prefilled]) -> None:
+        """Give each prefilled request still writing its rows of the batch, its prompt's keys and values copied
+        in; it decodes from the next step on. (A request whose first token already ended it needs no rows.)"""
+        joining = [arrival for arrival in prefilled if not arrival.request.done]
+        wanted = sum(arrival.request.params.num_samples for arrival in joining)
+        if wanted > self.free_rows:
+            raise ValueError(f"the batch has {self.free_rows} free rows; the requests need {wanted}")
+        for arrival in joining:
+            rows = list(range(len(self.slots), len(self.slots) + arrival.request.params.num_samples))
+            self.cache.insert(arrival.cache, rows, source_row=arrival.row)
+            arrival.request.cache_rows = rows
+            self.slots += [arrival.request] * len(rows)
 
     @torch.no_grad()
     def step(self) -> list[tuple[Request, list[int | None]]]:

@@ -50,6 +50,9 @@ class ServeConfig:
     prefill_chunk_tokens: int = field(default=512, metadata={
         "help": "prompt tokens prefilled between two decode steps (at least one whole prompt): smaller answers "
                 "a crowd's first members sooner, larger admits it in fewer steps"})
+    prefill_threads: int | None = field(default=None, metadata={
+        "help": "torch threads of the prefill lane, which answers newcomers beside the decoding batch (half a "
+                "CPU's threads by default; 0 = prefill between decode steps, the default on a GPU)"})
     workers: int | None = field(default=None, metadata={
         "help": "model copies, one per accelerator (all GPUs by default; one on a CPU)"})
     rate_per_minute: float = field(default=120.0, metadata={"help": "requests per minute per client (0 = unlimited)"})
@@ -68,6 +71,8 @@ def check_serve_config(cfg: ServeConfig) -> None:
             continue
         if getattr(cfg, name) < 1:
             raise PicochatError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.prefill_threads is not None and cfg.prefill_threads < 0:
+        raise PicochatError(f"--prefill-threads must be 0 (no prefill lane) or more, got {cfg.prefill_threads}")
     if cfg.rate_per_minute < 0:
         raise PicochatError(f"--rate-per-minute must be 0 (unlimited) or more, got {cfg.rate_per_minute}")
 

@@ -1,15 +1,23 @@
-"""The model's one thread: it admits waiting requests into a continuous batch, steps the batch, hands tokens back.
+"""The model's two lanes: one admits waiting requests and prefills them, the other steps the continuous batch.
 
 A request waits in a bounded queue (full: 503) until the batch has rows for its samples and room in the
 token budget (the KV positions its rows may fill: samples × (prompt + reply budget)); requests are admitted
-in arrival order, so a big one is not starved by small ones behind it. Between two decode steps the scheduler
-drops requests whose client has gone, so their rows serve someone else at the next step, and prefills the
-next newcomers, up to `prefill_chunk` prompt tokens at a time (the first one whatever its length): a crowd
-arriving together is admitted over a few steps, its first members answered after one chunk's prefill rather
-than everyone's, while the rows already decoding keep moving (vLLM's chunked prefill schedules by such a
-per-step token budget; picochat chunks by whole prompts). A newcomer's first token is delivered straight
-from its prefill. Every outcome goes to the request's `deliver` callback, on this thread: tokens, an
-exception, or END once the request has finished.
+in arrival order, so a big one is not starved by small ones behind it, up to `prefill_chunk` prompt tokens at a
+time (the first one whatever its length), which are prefilled in one forward. A newcomer's first token is
+delivered straight from its prefill; it joins the batch at the next step boundary, and between two steps the
+batch also drops requests whose client has gone, so their rows serve someone else at the next step.
+
+On a CPU the prefill lane is a thread of its own with its own share of the cores (`prefill_threads`), so a
+newcomer's first token waits for one prefill, never for the decode step in flight: a 32-row step is longer than
+a short prompt's prefill, and a newcomer that waits for it sees several times a lone client's time to first
+token (the split of prefill from decode, on separate GPUs, is DistServe's, OSDI 2024). Each lane gives torch its
+own thread count: one OpenMP team per lane on cores of their own (libgomp makes every team's threads sleep
+between parallel regions as soon as there are more of them than cores, which slows a forward by half).
+With no prefill lane (a GPU, where a step takes milliseconds; `prefill_threads` 0) the decode lane prefills
+the newcomers itself between two steps, a chunk at a time, while the rows already decoding keep moving (vLLM's
+chunked prefill schedules by such a per-step token budget; picochat chunks by whole prompts).
+Every outcome goes to the request's `deliver` callback, on a lane's thread: tokens, an exception, or END once the
+request has finished.
 """
 from __future__ import annotations
 
@@ -20,12 +28,25 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from picochat.infer.engine import Batch, Engine, Request, SamplingParams
+import torch
+
+from picochat.infer.engine import Batch, Engine, Prefilled, Request, SamplingParams
 from picochat.infer.limits import RequestError
 
 END = object()  # delivered once a request has finished
 RATE_WINDOW_S = 10.0  # tokens/s in /health is measured over this many recent seconds
 RECENT_REQUESTS = 256  # time to first token in /health: the median over this many recent requests
+
+
+def prefill_lane_threads(device: torch.device, configured: int | None, threads: int) -> int:
+    """Torch threads for the prefill lane (0: none, the decode lane prefills): as configured, else half the
+    `threads` of a CPU (one of two cores) and none on an accelerator."""
+    if configured is not None:
+        if configured >= threads and configured > 0:
+            raise ValueError(f"--prefill-threads {configured} leaves no thread for decoding ({threads} in all); "
+                             f"use at most {threads - 1}, or 0 to prefill between decode steps")
+        return configured
+    return threads // 2 if device.type == "cpu" else 0
 
 
 @dataclass(eq=False)
@@ -35,9 +56,8 @@ class Job:
     deliver: Callable[[object], None]
     reserved_tokens: int
     cancelled: bool = False
-    request: Request | None = None  # set once admitted into the batch
+    request: Request | None = None  # set once prefilled
     submitted: float = field(default_factory=time.monotonic)
-
 
 @dataclass
 class Throughput:
@@ -56,19 +76,31 @@ class Throughput:
 
 class Scheduler:
     def __init__(self, engine: Engine, max_batch: int, max_batch_tokens: int | None, max_queue: int,
-                 prefill_chunk: int = 512):
+                 prefill_chunk: int = 512, prefill_threads: int = 0):
         self.engine, self.max_queue, self.prefill_chunk = engine, max_queue, prefill_chunk
         self.max_batch_tokens = max_batch_tokens or max_batch * engine.context_length
         self.batch = Batch(engine, max_batch, engine.context_length)
         self.waiting: deque[Job] = deque()
+        self.joining: list[tuple[Job, Prefilled]] = []  # prefilled, to join the batch at the next step boundary
         self.running: dict[Request, Job] = {}
+        self.rows_taken = 0  # rows held by admitted requests (prefilling, joining or decoding)
         self.reserved_tokens = 0
         self.throughput = Throughput()
         self.first_token_waits: deque[float] = deque(maxlen=RECENT_REQUESTS)  # submit -> first token, seconds
         self.wakeup = threading.Condition()
         self.stopped = False
-        self.thread = threading.Thread(target=self._run, name=f"picochat-model-{engine.device}", daemon=True)
-        self.thread.start()
+        decode_threads = torch.get_num_threads() - prefill_threads if prefill_threads else None
+        self.threads = [threading.Thread(target=self._decode_lane, args=(decode_threads,),
+                                         name=f"picochat-decode-{engine.device}", daemon=True)]
+        if prefill_threads:
+            self.threads.append(threading.Thread(target=self._prefill_lane, args=(prefill_threads,),
+                                                 name=f"picochat-prefill-{engine.device}", daemon=True))
+        for thread in self.threads:
+            thread.start()
+
+    @property
+    def prefill_lane(self) -> bool:
+        return len(self.threads) > 1
 
     def submit(self, prompt: list[int], params: SamplingParams, deliver: Callable[[object], None]) -> Job:
         """Queue a request, or refuse it now: 400 if it can never fit the batch, 503 if the queue is full."""
@@ -87,14 +119,14 @@ class Scheduler:
                 raise RequestError(503, f"the server is busy ({len(self.waiting)} requests waiting); retry shortly",
                                    kind="server_busy")
             self.waiting.append(job)
-            self.wakeup.notify()
+            self.wakeup.notify_all()
         return job
 
     def cancel(self, job: Job) -> None:
         """The client has gone: forget the request, freeing its rows before the next step."""
         with self.wakeup:
             job.cancelled = True
-            self.wakeup.notify()
+            self.wakeup.notify_all()
 
     def stats(self) -> dict:
         with self.wakeup:
@@ -108,25 +140,44 @@ class Scheduler:
     def stop(self) -> None:
         with self.wakeup:
             self.stopped = True
-            self.wakeup.notify()
-        self.thread.join(timeout=10)
+            self.wakeup.notify_all()
+        for thread in self.threads:
+            thread.join(timeout=10)
 
-    # --- the model thread -------------------------------------------------------------------------
+    # --- the lanes --------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _decode_lane(self, threads: int | None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
         while True:
             with self.wakeup:
-                while not self.stopped and not self.running and not self._live_waiting():
+                while not (self.stopped or self.running or self.joining
+                           or (not self.prefill_lane and self._live_waiting())):
                     self.wakeup.wait()
                 if self.stopped:
                     return
                 leaving = [job for job in self.running.values() if job.cancelled]
-                admitted = self._admit()
             self._release(leaving)
-            if admitted:
-                self._start(admitted)
+            if not self.prefill_lane:
+                with self.wakeup:
+                    admitted = self._admit()
+                if admitted:
+                    self._prefill(admitted)
+            with self.wakeup:
+                joining, self.joining = self.joining, []
+            self._join(joining)
             if self.running:
                 self._step()
+
+    def _prefill_lane(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        while True:
+            with self.wakeup:
+                while not self.stopped and not (admitted := self._admit()):
+                    self.wakeup.wait()
+                if self.stopped:
+                    return
+            self._prefill(admitted)
 
     def _live_waiting(self) -> bool:
         while self.waiting and self.waiting[0].cancelled:
@@ -135,52 +186,73 @@ class Scheduler:
 
     def _admit(self) -> list[Job]:
         """Jobs that fit now, in arrival order, up to one prefill chunk of prompt tokens (under the lock)."""
-        admitted, rows = [], self.batch.free_rows + sum(len(j.request.cache_rows) for j in self.running.values()
-                                                         if j.cancelled)
-        prompt_tokens = 0
+        admitted, prompt_tokens = [], 0
         while self._live_waiting():
             job = self.waiting[0]
-            if job.params.num_samples > rows or self.reserved_tokens + job.reserved_tokens > self.max_batch_tokens:
+            if (self.rows_taken + job.params.num_samples > self.batch.cache.batch_size
+                    or self.reserved_tokens + job.reserved_tokens > self.max_batch_tokens):
                 break
             if admitted and prompt_tokens + len(job.prompt) > self.prefill_chunk:
-                break  # the rest wait one decode step
+                break  # the rest wait for the next chunk
             self.waiting.popleft()
-            rows -= job.params.num_samples
+            self.rows_taken += job.params.num_samples
             self.reserved_tokens += job.reserved_tokens
             prompt_tokens += len(job.prompt)
             admitted.append(job)
         return admitted
 
-    def _release(self, jobs: list[Job]) -> None:
-        self.batch.remove([job.request for job in jobs])
-        for job in jobs:
-            self._forget(job)
-
     def _forget(self, job: Job) -> None:
+        """The job holds no rows or budget any more (finished, failed, or its client gone)."""
         with self.wakeup:
-            self.running.pop(job.request, None)
+            if job.request is not None:
+                self.running.pop(job.request, None)
+            self.rows_taken -= job.params.num_samples
             self.reserved_tokens -= job.reserved_tokens
+            self.wakeup.notify_all()
 
-    def _start(self, jobs: list[Job]) -> None:
-        """Prefill the admitted jobs together; if that fails, one by one, so a bad request fails alone."""
+    def _prefill(self, jobs: list[Job]) -> None:
+        """Prefill the admitted jobs together (if that fails, one by one, so a bad request fails alone), hand
+        each its first tokens, and queue those still writing to join the batch."""
         try:
-            outputs = self.batch.add_together([(job.prompt, job.params) for job in jobs])
+            prefilled = self.batch.prefill([(job.prompt, job.params) for job in jobs])
         except Exception as e:  # noqa: BLE001  (one request's failure is its own, never the server's)
             if len(jobs) > 1:
                 for job in jobs:
-                    self._start([job])
+                    self._prefill([job])
                 return
-            with self.wakeup:
-                self.reserved_tokens -= jobs[0].reserved_tokens
+            self._forget(jobs[0])
             jobs[0].deliver(e)
             return
         now = time.monotonic()
         with self.wakeup:
-            for job, (request, _) in zip(jobs, outputs):
-                job.request = request
-                self.running[request] = job
+            for job, arrival in zip(jobs, prefilled):
+                job.request = arrival.request
                 self.first_token_waits.append(now - job.submitted)
-        self._deliver(outputs)
+            self.throughput.add(sum(len(a.first_tokens) for a in prefilled), now)
+        for job, arrival in zip(jobs, prefilled):
+            job.deliver(arrival.first_tokens)
+            if arrival.request.done:
+                job.deliver(END)
+                self._forget(job)
+        with self.wakeup:
+            self.joining += [(job, arrival) for job, arrival in zip(jobs, prefilled) if not arrival.request.done]
+            self.wakeup.notify_all()
+
+    def _join(self, joining: list[tuple[Job, Prefilled]]) -> None:
+        """Prefilled requests into the batch (their rows were set aside at admission); a gone client's are freed."""
+        for job, _ in joining:
+            if job.cancelled:
+                self._forget(job)
+        staying = [(job, arrival) for job, arrival in joining if not job.cancelled]
+        self.batch.join([arrival for _, arrival in staying])
+        with self.wakeup:
+            for job, arrival in staying:
+                self.running[arrival.request] = job
+
+    def _release(self, jobs: list[Job]) -> None:
+        self.batch.remove([job.request for job in jobs])
+        for job in jobs:
+            self._forget(job)
 
     def _step(self) -> None:
         try:
@@ -203,4 +275,5 @@ class Scheduler:
             if request.done:
                 job.deliver(END)
                 self._forget(job)
-        self.throughput.add(produced, time.monotonic())
+        with self.wakeup:
+            self.throughput.add(produced, time.monotonic())

@@ -1,7 +1,7 @@
 """The HTTP server: a chat page at `/` and an OpenAI-compatible API (FastAPI + uvicorn).
 
-Each model copy (one per accelerator, `--workers`) has a scheduler thread that decodes every request it holds
-in one continuous batch (picochat/infer/scheduler.py); a request goes to the least busy one. The event loop
+Each model copy (one per accelerator, `--workers`) has a scheduler whose lanes prefill newcomers and decode every
+request it holds in one continuous batch (picochat/infer/scheduler.py); a request goes to the least busy one. The event loop
 keeps accepting, validating and streaming, and cancels a request the moment its client disconnects.
 """
 from __future__ import annotations
@@ -14,19 +14,29 @@ import time
 import uuid
 from pathlib import Path
 
+import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
 
+from picochat.errors import PicochatError
 from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams, StreamDecoder
-from picochat.infer.scheduler import END, Scheduler
+from picochat.infer.scheduler import END, Scheduler, prefill_lane_threads
 from picochat.infer.limits import (MAX_BODY_BYTES, ChatRequest, HostGuard, RequestError, ServeConfig, TokenBucket,
                                    parse_chat_request)
 from picochat.tokenizer.chat import ConversationError, render_for_completion
 
 INDEX_HTML = Path(__file__).parent / "static" / "index.html"
+
+
+def lane_threads(engine: Engine, config: ServeConfig) -> int:
+    """The prefill lane's torch threads for this engine (scheduler.prefill_lane_threads), or a one-line error."""
+    try:
+        return prefill_lane_threads(engine.device, config.prefill_threads, torch.get_num_threads())
+    except ValueError as e:
+        raise PicochatError(str(e)) from None
 
 
 class ChatService:
@@ -35,7 +45,8 @@ class ChatService:
     def __init__(self, engines: list[Engine], model_name: str, config: ServeConfig):
         self.engine, self.model_name, self.config = engines[0], model_name, config
         self.schedulers = [Scheduler(engine, config.max_batch, config.max_batch_tokens, config.max_queue,
-                                     config.prefill_chunk_tokens) for engine in engines]
+                                     config.prefill_chunk_tokens, lane_threads(engine, config))
+                           for engine in engines]
         self.created = int(time.time())
 
     def health(self) -> dict:

@@ -260,9 +260,9 @@ class Batch:
         fed = [request.rows[request.cache_rows.index(i)].tokens[-1] for i, request in enumerate(self.slots)]
         logits = self.engine.model(torch.tensor(fed, device=self.engine.device)[:, None], kv_cache=self.cache)[:, -1]
         greedy = logits.argmax(dim=-1).tolist()  # one pass for every row; sampling rows ignore it
-        outputs = [(request, self.engine.next_tokens(request, logits[request.cache_rows],
-                                                     [greedy[i] for i in request.cache_rows]))
-                   for request in self.requests]
+        outputs = [(request, self.engine.next_tokens(request, logits[request.cache_rows] if request.params.temperature
+                                                     else None, [greedy[i] for i in request.cache_rows]))
+                   for request in self.requests]  # a greedy request needs its argmax only, not its logits
         self.remove([request for request, _ in outputs if request.done])
         return outputs
 

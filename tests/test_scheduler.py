@@ -1,12 +1,15 @@
-"""The server's model thread: a crowd arriving together is prefilled a chunk at a time between decode steps, and a
-newcomer's first token comes straight from its prefill."""
+"""The server's model lanes: a newcomer's first token comes straight from its prefill; with a prefill lane (a CPU)
+it does not wait for the decode step in flight; without one (a GPU) a crowd arriving together is prefilled a
+chunk at a time between decode steps."""
 import threading
+import time
 
 import pytest
+import torch
 
 from infer_helpers import tiny_model, tiny_tokenizer
 from picochat.infer.engine import Engine, SamplingParams
-from picochat.infer.scheduler import END, Scheduler
+from picochat.infer.scheduler import END, Scheduler, prefill_lane_threads
 
 PROMPT_TOKENS = 10
 
@@ -78,3 +81,95 @@ def test_serve_refuses_a_prefill_chunk_below_one():
     from picochat.infer.limits import ServeConfig, check_serve_config
     with pytest.raises(PicochatError, match="--prefill-chunk-tokens must be at least 1"):
         check_serve_config(ServeConfig(prefill_chunk_tokens=0))
+
+
+def test_the_prefill_lane_answers_a_newcomer_while_a_decode_step_is_in_flight():
+    """With a prefill lane, a newcomer's first token does not wait for the step the batch is taking: the decode
+    lane is held inside a step while the newcomer arrives, and its first token still comes."""
+    tok = tiny_tokenizer()
+    engine = Engine(tiny_model(tok.vocab_size), tok)
+    engine.stop_ids = set()
+    scheduler = Scheduler(engine, max_batch=4, max_batch_tokens=None, max_queue=4, prefill_threads=1)
+    step, gate, held = scheduler.batch.step, threading.Event(), threading.Event()
+    gate.set()
+
+    def gated_step():
+        if not gate.is_set():
+            held.set()
+            gate.wait(timeout=60)
+        return step()
+    scheduler.batch.step = gated_step
+    tokens, done = {"first": [], "newcomer": []}, threading.Semaphore(0)
+
+    def deliverer(name):
+        def deliver(outcome):
+            if outcome is END:
+                done.release()
+            elif not isinstance(outcome, Exception):
+                tokens[name].append(outcome)
+        return deliver
+
+    prompt = list(range(1, PROMPT_TOKENS + 1))
+    try:
+        scheduler.submit(prompt, SamplingParams(max_tokens=40, temperature=0), deliverer("first"))
+        deadline = time.monotonic() + 60
+        while len(tokens["first"]) < 3 and time.monotonic() < deadline:  # it is decoding
+            time.sleep(0.01)
+        gate.clear()
+        assert held.wait(timeout=60), "the decode lane never entered a step"
+        scheduler.submit(prompt, SamplingParams(max_tokens=4, temperature=0), deliverer("newcomer"))
+        deadline = time.monotonic() + 60
+        while not tokens["newcomer"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tokens["newcomer"], "the newcomer's first token waited for the decode step in flight"
+        assert not gate.is_set()
+    finally:
+        gate.set()
+    for _ in range(2):
+        assert done.acquire(timeout=60)
+    scheduler.stop()
+    assert len(tokens["newcomer"]) == 4 and len(tokens["first"]) == 40
+
+
+def test_a_crowd_is_served_through_the_prefill_lane():
+    tok = tiny_tokenizer()
+    engine = Engine(tiny_model(tok.vocab_size), tok)
+    engine.stop_ids = set()
+    scheduler = Scheduler(engine, max_batch=3, max_batch_tokens=None, max_queue=8, prefill_chunk=PROMPT_TOKENS,
+                          prefill_threads=1)
+    received, done = [0] * 6, threading.Semaphore(0)
+
+    def deliverer(i):
+        def deliver(outcome):
+            if outcome is END:
+                done.release()
+            elif not isinstance(outcome, Exception):
+                received[i] += 1
+        return deliver
+    try:
+        for i in range(6):  # twice the batch's rows: the second three wait for rows to free
+            scheduler.submit(list(range(1, PROMPT_TOKENS + 1)), SamplingParams(max_tokens=5, temperature=0),
+                             deliverer(i))
+        for _ in range(6):
+            assert done.acquire(timeout=60), f"not every request finished: {received}"
+    finally:
+        scheduler.stop()
+    assert received == [5] * 6
+    assert scheduler.rows_taken == 0 and scheduler.reserved_tokens == 0
+
+
+def test_the_prefill_lane_takes_half_a_cpus_threads_and_none_on_a_gpu():
+    assert prefill_lane_threads(torch.device("cpu"), None, 2) == 1
+    assert prefill_lane_threads(torch.device("cpu"), None, 16) == 8
+    assert prefill_lane_threads(torch.device("cpu"), None, 1) == 0  # one thread: prefill between steps
+    assert prefill_lane_threads(torch.device("cuda"), None, 16) == 0
+    assert prefill_lane_threads(torch.device("cpu"), 0, 2) == 0
+    with pytest.raises(ValueError, match="leaves no thread for decoding"):
+        prefill_lane_threads(torch.device("cpu"), 2, 2)
+
+
+def test_serve_refuses_negative_prefill_threads():
+    from picochat.errors import PicochatError
+    from picochat.infer.limits import ServeConfig, check_serve_config
+    with pytest.raises(PicochatError, match="--prefill-threads must be 0"):
+        check_serve_config(ServeConfig(prefill_threads=-1))

@@ -89,7 +89,7 @@ class Scheduler:
         self.first_token_waits: deque[float] = deque(maxlen=RECENT_REQUESTS)  # submit -> first token, seconds
         self.wakeup = threading.Condition()
         self.stopped = False
-        decode_threads = torch.get_num_threads() - prefill_threads if prefill_threads else None
+        decode_threads = max(1, torch.get_num_threads() - prefill_threads) if prefill_threads else None
         self.threads = [threading.Thread(target=self._decode_lane, args=(decode_threads,),
                                          name=f"picochat-decode-{engine.device}", daemon=True)]
         if prefill_threads:

@@ -122,9 +122,10 @@ class Engine:
                             row_lengths=lengths)
         return logits[:, -1], cache
 
-    def next_tokens(self, request: Request, logits: torch.Tensor, greedy: list[int]) -> list[int | None]:
+    def next_tokens(self, request: Request, logits: torch.Tensor | None, greedy: list[int]) -> list[int | None]:
         """Each of the request's rows' next token: forced, sampled from its rows' logits [n, V] (their argmax
-        already in `greedy`), or None once done; the rows' states advance with it."""
+        already in `greedy`, all a greedy request needs: its logits may be None), or None once done; the rows'
+        states advance with it."""
         rows, params = request.rows, request.params
         to_sample = [r for r, row in enumerate(rows) if not row.finish_reason and not row.forced]
         if params.temperature == 0:

@@ -258,6 +258,9 @@ class SoftcappedCrossEntropy(torch.autograd.Function):
         return capped, None, None
 
 
+INFERENCE_HEAD_MAX_ROWS = 128  # a decode batch's rows at most; beyond, x·Wᵀ (see GPT._inference_head)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -286,13 +289,14 @@ class GPT(nn.Module):
         return rotary_tables(cfg.head_dim, ROTARY_MARGIN * cfg.max_seq_len, cfg.rope_base, self.compute_dtype, device)
 
     def _inference_head(self, x: torch.Tensor) -> torch.Tensor:
-        """lm_head(x) for generation. On a CPU it is computed as W·xᵀ: for the few rows of a prefill or a decode
-        step MKL runs x·Wᵀ several times slower (2 rows of a 32,768 × 256 head: 9.5 ms against 1.8 ms on a 2-core
-        AMD EPYC, benchmarks/RESULTS.md); a single row goes as two, since one row takes the slow matrix-vector
-        path in either form."""
-        if x.device.type != "cpu":
-            return self.lm_head(x)
+        """lm_head(x) without gradients. On a CPU, for the few rows of a prefill or a decode step, it is computed
+        as W·xᵀ: MKL runs x·Wᵀ several times slower there (2 rows of a 32,768 × 256 head: 9.5 ms against 1.8 ms on
+        a 2-core AMD EPYC, benchmarks/RESULTS.md); a single row goes as two, since one row takes the slow
+        matrix-vector path in either form. Many rows (an evaluation's whole sequences) keep x·Wᵀ, whose logits
+        come out row-major for the reductions over the vocabulary that follow."""
         rows = x.reshape(-1, x.size(-1))
+        if x.device.type != "cpu" or rows.size(0) > INFERENCE_HEAD_MAX_ROWS:
+            return self.lm_head(x)
         weight = self.lm_head.weight.to(x.dtype)
         columns = torch.cat([rows, rows]) if rows.size(0) == 1 else rows
         return (weight @ columns.t()).t()[:rows.size(0)].reshape(*x.shape[:-1], -1)

@@ -14,7 +14,7 @@ from picochat.errors import PicochatError
 from picochat.infer.chat_cli import ChatConfig, run_chat
 from picochat.infer.engine import Engine
 from picochat.infer.limits import ServeConfig, check_serve_config
-from picochat.runtime import init_runtime, print0
+from picochat.runtime import autodetect_device_type, init_runtime, print0
 
 
 def load_engine(run: str, step: int | None, device: str | None) -> tuple[Engine, dict]:
@@ -39,10 +39,11 @@ def serve_command(args: argparse.Namespace) -> None:
 
     cfg = config_from_args(ServeConfig, args)
     check_serve_config(cfg)
+    device = torch.device(cfg.device or autodetect_device_type())
+    lanes = lane_threads(device, cfg)  # an impossible --prefill-threads is refused before the model loads
     print0(format_config(cfg, "serve"))
     engines = worker_engines(*load_engine(cfg.run, cfg.step, cfg.device)[:1], cfg.workers)
     model_name = cfg.model_name or Path(cfg.run).name
-    lanes = lane_threads(engines[0], cfg)
     prefill = f"a prefill lane of {lanes} thread(s) beside decoding" if lanes else "prefills between decode steps"
     print0(f"serve: {model_name} on {', '.join(str(e.device) for e in engines)}, context "
            f"{engines[0].context_length} tokens, batches of up to {cfg.max_batch} rows, {prefill}; "

@@ -31,10 +31,10 @@ from picochat.tokenizer.chat import ConversationError, render_for_completion
 INDEX_HTML = Path(__file__).parent / "static" / "index.html"
 
 
-def lane_threads(engine: Engine, config: ServeConfig) -> int:
-    """The prefill lane's torch threads for this engine (scheduler.prefill_lane_threads), or a one-line error."""
+def lane_threads(device: torch.device, config: ServeConfig) -> int:
+    """The prefill lane's torch threads on `device` (scheduler.prefill_lane_threads), or a one-line error."""
     try:
-        return prefill_lane_threads(engine.device, config.prefill_threads, torch.get_num_threads())
+        return prefill_lane_threads(device, config.prefill_threads, torch.get_num_threads())
     except ValueError as e:
         raise PicochatError(str(e)) from None
 
@@ -45,7 +45,7 @@ class ChatService:
     def __init__(self, engines: list[Engine], model_name: str, config: ServeConfig):
         self.engine, self.model_name, self.config = engines[0], model_name, config
         self.schedulers = [Scheduler(engine, config.max_batch, config.max_batch_tokens, config.max_queue,
-                                     config.prefill_chunk_tokens, lane_threads(engine, config))
+                                     config.prefill_chunk_tokens, lane_threads(engine.device, config))
                            for engine in engines]
         self.created = int(time.time())
 

@@ -189,11 +189,9 @@ def server_process(args: argparse.Namespace, config: dict):
     deadline = time.monotonic() + 300
     while True:
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                break
-        except OSError:
+            health(port)
+            break
+        except (OSError, ValueError):  # not listening yet, or not answering JSON yet
             pass
         if time.monotonic() > deadline or not child.is_alive():
             child.kill()
@@ -258,9 +256,13 @@ async def drive(port: int, args: argparse.Namespace, clients: int, seconds: floa
 
 
 def health(port: int) -> dict:
+    """The server's /health, or OSError / ValueError while it is not up."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     connection.request("GET", "/health")
-    return json.loads(connection.getresponse().read())
+    response = connection.getresponse()
+    if response.status != 200:
+        raise OSError(f"/health answered {response.status}")
+    return json.loads(response.read())
 
 
 def main() -> None:

@@ -156,3 +156,15 @@ def test_serve_refuses_a_bad_port_before_loading_the_model(monkeypatch):
     with pytest.raises(PicochatError, match="--port 70000"):
         args.func(args)
     assert not loaded
+
+
+@pytest.mark.parametrize("threads", ["-1", "99"])
+def test_serve_refuses_an_impossible_prefill_lane_before_loading_the_model(monkeypatch, threads):
+    loaded = []
+    monkeypatch.setattr(infer_cli, "load_engine", lambda *a: loaded.append(a))
+    parser = argparse.ArgumentParser()
+    infer_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--run", "any-run", "--device", "cpu", "--prefill-threads", threads])
+    with pytest.raises(PicochatError, match="--prefill-threads"):
+        args.func(args)
+    assert not loaded

@@ -3,6 +3,7 @@ it does not wait for the decode step in flight; without one (a GPU) a crowd arri
 chunk at a time between decode steps."""
 import threading
 import time
+from collections import defaultdict
 
 import pytest
 import torch
@@ -14,41 +15,58 @@ from picochat.infer.scheduler import END, Scheduler, prefill_lane_threads
 PROMPT_TOKENS = 10
 
 
-def serve_crowd(prefill_chunk: int, crowd: int = 4, max_tokens: int = 6, stats: list | None = None) -> list[tuple[int, int]]:
-    """`crowd` requests queued at once; the order in which tokens reached them, as (request, its token count);
-    the scheduler's stats at the end go into `stats`."""
+def tiny_engine() -> Engine:
     tok = tiny_tokenizer()
     engine = Engine(tiny_model(tok.vocab_size), tok)
     engine.stop_ids = set()  # every reply runs to max_tokens
-    scheduler = Scheduler(engine, max_batch=crowd, max_batch_tokens=None, max_queue=crowd,
-                          prefill_chunk=prefill_chunk)
-    events, received, finished = [], [0] * crowd, threading.Semaphore(0)
+    return engine
 
-    def deliverer(index: int):
+
+class Deliveries:
+    """What the scheduler hands each request: its token steps, the order they came in as (request, its step
+    count), and a count of the requests that have finished."""
+
+    def __init__(self):
+        self.tokens, self.events, self.finished = defaultdict(list), [], threading.Semaphore(0)
+
+    def to(self, key):
         def deliver(outcome):
             if outcome is END:
-                finished.release()
+                self.finished.release()
             elif isinstance(outcome, Exception):
                 raise outcome
             else:
-                received[index] += 1
-                events.append((index, received[index]))
+                self.tokens[key].append(outcome)
+                self.events.append((key, len(self.tokens[key])))
         return deliver
 
+    def wait_for(self, requests: int) -> None:
+        for _ in range(requests):
+            assert self.finished.acquire(timeout=60), f"not every request finished: {dict(self.tokens)}"
+
+    def counts(self, keys) -> list[int]:
+        return [len(self.tokens[key]) for key in keys]
+
+
+def serve_crowd(prefill_chunk: int, crowd: int = 4, max_tokens: int = 6, stats: list | None = None) -> list[tuple[int, int]]:
+    """`crowd` requests queued at once; the order in which tokens reached them, as (request, its token count);
+    the scheduler's stats at the end go into `stats`."""
+    scheduler = Scheduler(tiny_engine(), max_batch=crowd, max_batch_tokens=None, max_queue=crowd,
+                          prefill_chunk=prefill_chunk)
+    deliveries = Deliveries()
     params = SamplingParams(max_tokens=max_tokens, temperature=0)
     prompt = list(range(1, PROMPT_TOKENS + 1))
     with scheduler.wakeup:  # the model thread sees the whole crowd at once
         for i in range(crowd):
-            scheduler.submit(prompt, params, deliverer(i))
+            scheduler.submit(prompt, params, deliveries.to(i))
     try:
-        for _ in range(crowd):
-            assert finished.acquire(timeout=60), f"not every request finished: {received}"
+        deliveries.wait_for(crowd)
         if stats is not None:
             stats.append(scheduler.stats())
     finally:
         scheduler.stop()
-    assert received == [max_tokens] * crowd
-    return events
+    assert deliveries.counts(range(crowd)) == [max_tokens] * crowd
+    return deliveries.events
 
 
 def test_a_crowd_within_one_chunk_gets_every_first_token_from_one_prefill():
@@ -86,10 +104,7 @@ def test_serve_refuses_a_prefill_chunk_below_one():
 def test_the_prefill_lane_answers_a_newcomer_while_a_decode_step_is_in_flight():
     """With a prefill lane, a newcomer's first token does not wait for the step the batch is taking: the decode
     lane is held inside a step while the newcomer arrives, and its first token still comes."""
-    tok = tiny_tokenizer()
-    engine = Engine(tiny_model(tok.vocab_size), tok)
-    engine.stop_ids = set()
-    scheduler = Scheduler(engine, max_batch=4, max_batch_tokens=None, max_queue=4, prefill_threads=1)
+    scheduler = Scheduler(tiny_engine(), max_batch=4, max_batch_tokens=None, max_queue=4, prefill_threads=1)
     step, gate, held = scheduler.batch.step, threading.Event(), threading.Event()
     gate.set()
 
@@ -99,62 +114,39 @@ def test_the_prefill_lane_answers_a_newcomer_while_a_decode_step_is_in_flight():
             gate.wait(timeout=60)
         return step()
     scheduler.batch.step = gated_step
-    tokens, done = {"first": [], "newcomer": []}, threading.Semaphore(0)
-
-    def deliverer(name):
-        def deliver(outcome):
-            if outcome is END:
-                done.release()
-            elif not isinstance(outcome, Exception):
-                tokens[name].append(outcome)
-        return deliver
-
-    prompt = list(range(1, PROMPT_TOKENS + 1))
+    deliveries, prompt = Deliveries(), list(range(1, PROMPT_TOKENS + 1))
     try:
-        scheduler.submit(prompt, SamplingParams(max_tokens=40, temperature=0), deliverer("first"))
+        scheduler.submit(prompt, SamplingParams(max_tokens=40, temperature=0), deliveries.to("first"))
         deadline = time.monotonic() + 60
-        while len(tokens["first"]) < 3 and time.monotonic() < deadline:  # it is decoding
+        while len(deliveries.tokens["first"]) < 3 and time.monotonic() < deadline:  # it is decoding
             time.sleep(0.01)
         gate.clear()
         assert held.wait(timeout=60), "the decode lane never entered a step"
-        scheduler.submit(prompt, SamplingParams(max_tokens=4, temperature=0), deliverer("newcomer"))
+        scheduler.submit(prompt, SamplingParams(max_tokens=4, temperature=0), deliveries.to("newcomer"))
         deadline = time.monotonic() + 60
-        while not tokens["newcomer"] and time.monotonic() < deadline:
+        while not deliveries.tokens["newcomer"] and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert tokens["newcomer"], "the newcomer's first token waited for the decode step in flight"
+        assert deliveries.tokens["newcomer"], "the newcomer's first token waited for the decode step in flight"
         assert not gate.is_set()
     finally:
         gate.set()
-    for _ in range(2):
-        assert done.acquire(timeout=60)
+    deliveries.wait_for(2)
     scheduler.stop()
-    assert len(tokens["newcomer"]) == 4 and len(tokens["first"]) == 40
+    assert deliveries.counts(["newcomer", "first"]) == [4, 40]
 
 
 def test_a_crowd_is_served_through_the_prefill_lane():
-    tok = tiny_tokenizer()
-    engine = Engine(tiny_model(tok.vocab_size), tok)
-    engine.stop_ids = set()
-    scheduler = Scheduler(engine, max_batch=3, max_batch_tokens=None, max_queue=8, prefill_chunk=PROMPT_TOKENS,
-                          prefill_threads=1)
-    received, done = [0] * 6, threading.Semaphore(0)
-
-    def deliverer(i):
-        def deliver(outcome):
-            if outcome is END:
-                done.release()
-            elif not isinstance(outcome, Exception):
-                received[i] += 1
-        return deliver
+    scheduler = Scheduler(tiny_engine(), max_batch=3, max_batch_tokens=None, max_queue=8,
+                          prefill_chunk=PROMPT_TOKENS, prefill_threads=1)
+    deliveries = Deliveries()
     try:
         for i in range(6):  # twice the batch's rows: the second three wait for rows to free
             scheduler.submit(list(range(1, PROMPT_TOKENS + 1)), SamplingParams(max_tokens=5, temperature=0),
-                             deliverer(i))
-        for _ in range(6):
-            assert done.acquire(timeout=60), f"not every request finished: {received}"
+                             deliveries.to(i))
+        deliveries.wait_for(6)
     finally:
         scheduler.stop()
-    assert received == [5] * 6
+    assert deliveries.counts(range(6)) == [5] * 6
     assert scheduler.rows_taken == 0 and scheduler.reserved_tokens == 0
 
 

@@ -69,7 +69,8 @@ class ReplyScriptModel(torch.nn.Module):
         self.real, self.script, self.end, self.pace, self.written = real, script, end, pace, 0
         self.config, self.compute_dtype = real.config, real.compute_dtype
 
-    def forward(self, idx, kv_cache=None, last_only=False, row_lengths=None):  # logits read at -1: padding repeats a prompt's last token
+    # logits read at -1: padding repeats a prompt's last token; `capped` changes nothing (they are 0s and a 1)
+    def forward(self, idx, kv_cache=None, last_only=False, row_lengths=None, capped=True):
         self.real(idx, kv_cache=kv_cache, row_lengths=row_lengths)
         self.written = 0 if idx.size(1) > 1 else self.written + 1
         time.sleep(self.pace)

@@ -10,7 +10,7 @@ from picochat.checkpoint import run_dir, save_checkpoint
 from picochat.cli import main
 from picochat.infer.chat_cli import ChatConfig, chat_loop, run_chat
 from picochat.infer.engine import Batch, Engine, PromptTooLongError, SamplingParams, StreamDecoder
-from picochat.infer.sampling import filtered_probs, sample_rows
+from picochat.infer.sampling import ARGMAX_BLOCK, filtered_probs, greedy_tokens, sample_rows
 from picochat.model.gpt import GPT
 from picochat.model.kv_cache import KVCache
 
@@ -89,7 +89,8 @@ class ScriptedModel(torch.nn.Module):
         self.fed: list[int] = []  # the token fed at each decode step
         self.calls = 0
 
-    def forward(self, idx, kv_cache=None, last_only=False, row_lengths=None):  # logits read at -1: padding repeats a prompt's last token
+    # logits read at -1: padding repeats a prompt's last token; `capped` changes nothing (they are 0s and a 1)
+    def forward(self, idx, kv_cache=None, last_only=False, row_lengths=None, capped=True):
         self.real(idx, kv_cache=kv_cache, row_lengths=row_lengths)  # keeps the cache's positions honest
         if self.calls:
             self.fed.append(int(idx[0, -1]))
@@ -131,6 +132,22 @@ def test_filtered_probs_top_k_and_top_p():
     assert filtered_probs(logits, 1.0, top_p=0.1)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert filtered_probs(logits, 1.0, top_p=0.0)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert sample_rows(logits.repeat(2, 1), [None, None], [0, 1], temperature=0) == {0: 0, 1: 0}
+
+
+@pytest.mark.parametrize("vocab", [3 * ARGMAX_BLOCK, 3 * ARGMAX_BLOCK + 37, ARGMAX_BLOCK - 1])
+def test_greedy_tokens_equal_argmax_in_both_layouts_and_on_ties(vocab):
+    generator = torch.Generator().manual_seed(vocab)
+    rows = torch.randn(9, vocab, generator=generator)
+    top = rows.amax(dim=-1)
+    rows[1, [5, vocab - 1]] = top[1] + 1  # a tie across blocks: the first wins
+    rows[2, [vocab - 2, vocab - 1]] = top[2] + 1  # a tie inside the last (maybe partial) block
+    rows[3, [40, 7]] = top[3] + 1  # a tie inside the first block
+    rows[4] = float("-inf")
+    rows[5, vocab // 2] = float("nan")  # torch's argmax takes a NaN for the maximum
+    rows[6, vocab - 1] = top[6] + 1  # the maximum is the vocabulary's last logit
+    for logits in (rows, rows.t().contiguous().t()):  # row-major, and column-major as the CPU head makes them
+        assert greedy_tokens(logits).tolist() == torch.argmax(logits, dim=-1).tolist()
+    assert greedy_tokens(rows)[[1, 2, 3, 5, 6]].tolist() == [5, vocab - 2, 7, vocab // 2, vocab - 1]
 
 
 def test_stream_decoder_holds_back_incomplete_utf8(tok):
@@ -286,7 +303,8 @@ class SuccessorModel(ScriptedModel):
         super().__init__(real, [default])
         self.successor, self.default = successor, default
 
-    def forward(self, idx, kv_cache=None, last_only=False, row_lengths=None):  # logits read at -1: padding repeats a prompt's last token
+    # logits read at -1: padding repeats a prompt's last token; `capped` changes nothing (they are 0s and a 1)
+    def forward(self, idx, kv_cache=None, last_only=False, row_lengths=None, capped=True):
         self.real(idx, kv_cache=kv_cache, row_lengths=row_lengths)
         logits = torch.zeros(idx.size(0), idx.size(1), self.config.vocab_size)
         for row, last in enumerate(idx[:, -1].tolist()):

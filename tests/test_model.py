@@ -10,7 +10,7 @@ import picochat
 import picochat.model.gpt as gpt
 from picochat.model.accounting import parameter_counts
 from picochat.model.config import GPTConfig
-from picochat.model.gpt import GPT, Linear, SoftcappedCrossEntropy, causal_attention
+from picochat.model.gpt import GPT, Linear, SoftcappedCrossEntropy, causal_attention, soft_cap
 from picochat.model.kv_cache import KVCache
 from picochat.runtime import compute_dtype
 
@@ -114,6 +114,10 @@ def test_logits_are_soft_capped():
     logits = model(tokens(config, 2, 8))
     assert logits.abs().max() <= config.softcap
     assert logits.abs().max() > 0.99 * config.softcap
+    with torch.no_grad():  # inference may ask for the logits before the cap (a greedy pick needs only their argmax)
+        raw = model(tokens(config, 2, 8), capped=False)
+    assert raw.abs().max() > 100 * config.softcap
+    torch.testing.assert_close(soft_cap(raw, config.softcap), logits.detach())
 
 
 @pytest.mark.parametrize("window, q_start, T", [(3, 0, 8), (8, 0, 8), (3, 5, 4), (3, 7, 1), (20, 7, 1)])

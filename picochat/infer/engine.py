@@ -21,9 +21,9 @@ from typing import Iterator
 import torch
 
 from picochat.errors import PicochatError
-from picochat.infer.sampling import sample_rows
+from picochat.infer.sampling import greedy_tokens, sample_rows
 from picochat.infer.sandbox import run_calculator
-from picochat.model.gpt import GPT
+from picochat.model.gpt import GPT, soft_cap
 from picochat.model.kv_cache import KVCache
 from picochat.tokenizer import Tokenizer
 
@@ -104,34 +104,36 @@ class Engine:
         return Completion(tokens, "length")
 
     def prefill(self, prompt: list[int]) -> tuple[torch.Tensor, KVCache]:
-        """The prompt run through the model into a one-row cache: the next token's logits [1, V] and the cache."""
+        """The prompt run through the model into a one-row cache: the next token's logits [1, V] before the
+        soft-cap (`next_tokens` caps what it samples from) and the cache."""
         return self.prefill_together([prompt])
 
     @torch.no_grad()
     def prefill_together(self, prompts: list[list[int]]) -> tuple[torch.Tensor, KVCache]:
         """Prompts of any lengths in one forward, right-padded to the longest: each one's next-token logits
-        [k, V] and a k-row cache holding each prompt at its own length. Requests arriving together are prefilled
-        together: one at a time, k newcomers would stall the batch k times (32 clients whose replies end on the
-        same step came back as a convoy of serial prefills), and on a CPU a short prompt costs a forward's
-        overhead whatever its length."""
+        [k, V] (before the soft-cap) and a k-row cache holding each prompt at its own length. Requests arriving
+        together are prefilled together: one at a time, k newcomers would stall the batch k times (32 clients whose
+        replies end on the same step came back as a convoy of serial prefills), and on a CPU a short prompt costs a
+        forward's overhead whatever its length."""
         lengths = [len(prompt) for prompt in prompts]
         longest = max(lengths)
         padded = [prompt + [prompt[-1]] * (longest - len(prompt)) for prompt in prompts]
         cache = KVCache(self.model.config, len(prompts), longest, self.device, self.model.compute_dtype)
         logits = self.model(torch.tensor(padded, device=self.device), kv_cache=cache, last_only=True,
-                            row_lengths=lengths)
+                            row_lengths=lengths, capped=False)
         return logits[:, -1], cache
 
     def next_tokens(self, request: Request, logits: torch.Tensor | None, greedy: list[int]) -> list[int | None]:
-        """Each of the request's rows' next token: forced, sampled from its rows' logits [n, V] (their argmax
-        already in `greedy`, all a greedy request needs: its logits may be None), or None once done; the rows'
-        states advance with it."""
+        """Each of the request's rows' next token: forced, sampled from its rows' logits [n, V] before the
+        soft-cap (their argmax, a maximum after it too, already in `greedy`: all a greedy request needs, so its
+        logits may be None), or None once done; the rows' states advance with it."""
         rows, params = request.rows, request.params
         to_sample = [r for r, row in enumerate(rows) if not row.finish_reason and not row.forced]
         if params.temperature == 0:
             sampled = {r: greedy[r] for r in to_sample}
         else:
-            sampled = sample_rows(logits, request.generators, to_sample, params.temperature, params.top_k,
+            capped = soft_cap(logits, self.model.config.softcap)
+            sampled = sample_rows(capped, request.generators, to_sample, params.temperature, params.top_k,
                                   params.top_p)
         tokens = [None if row.finish_reason else row.forced.popleft() if row.forced else sampled[r]
                   for r, row in enumerate(rows)]
@@ -235,7 +237,7 @@ class Batch:
             request = Request(params, budget, [RowState() for _ in range(n)],
                               [torch.Generator().manual_seed(params.seed + r) for r in range(n)], [])
             row_logits = logits[i:i + 1].expand(n, -1)
-            first = self.engine.next_tokens(request, row_logits, row_logits.argmax(dim=-1).tolist())
+            first = self.engine.next_tokens(request, row_logits, greedy_tokens(row_logits).tolist())
             prefilled.append(Prefilled(request, first, cache, i))
         return prefilled
 
@@ -259,8 +261,9 @@ class Batch:
         if not self.slots:
             return []
         fed = [request.rows[request.cache_rows.index(i)].tokens[-1] for i, request in enumerate(self.slots)]
-        logits = self.engine.model(torch.tensor(fed, device=self.engine.device)[:, None], kv_cache=self.cache)[:, -1]
-        greedy = logits.argmax(dim=-1).tolist()  # one pass for every row; sampling rows ignore it
+        logits = self.engine.model(torch.tensor(fed, device=self.engine.device)[:, None], kv_cache=self.cache,
+                                   capped=False)[:, -1]
+        greedy = greedy_tokens(logits).tolist()  # one pass for every row; sampling rows ignore it
         outputs = [(request, self.engine.next_tokens(request, logits[request.cache_rows] if request.params.temperature
                                                      else None, [greedy[i] for i in request.cache_rows]))
                    for request in self.requests]  # a greedy request needs its argmax only, not its logits

@@ -3,6 +3,31 @@ from __future__ import annotations
 
 import torch
 
+ARGMAX_BLOCK = 512  # logits per block in `greedy_tokens`: a power of two, so halving ends at one
+
+
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(-1)` of [B, V] logits (the first maximum on a tie, as torch's), in either memory layout.
+
+    On a CPU, torch's argmax over a vocabulary is a scalar loop: 32 rows of 32,768 logits took 1.6 ms on a
+    2-core AMD EPYC, 128 rows 14 ms, a tenth of a decode step. An elementwise maximum is vectorised, so each block of
+    ARGMAX_BLOCK logits is halved down to its maximum, each row's first best block is found, and the argmax runs
+    within that block alone: 0.4 and 1.3 ms (benchmarks/RESULTS.md)."""
+    rows, vocab = logits.shape
+    whole = vocab - vocab % ARGMAX_BLOCK
+    if logits.device.type != "cpu" or whole == 0:
+        return logits.argmax(dim=-1)
+    best = logits[:, :whole].unflatten(1, (-1, ARGMAX_BLOCK))  # [B, blocks, ARGMAX_BLOCK]
+    while best.size(-1) > 1:
+        half = best.size(-1) // 2
+        best = torch.maximum(best[..., :half], best[..., half:])
+    block_max = best[..., 0]  # [B, blocks]
+    if whole < vocab:  # the vocabulary's last, partial block
+        block_max = torch.cat([block_max, logits[:, whole:].amax(dim=-1, keepdim=True)], dim=1)
+    starts = block_max.argmax(dim=-1) * ARGMAX_BLOCK
+    within = (starts[:, None] + torch.arange(ARGMAX_BLOCK, device=logits.device)).clamp(max=vocab - 1)
+    return starts + logits.gather(1, within).argmax(dim=-1)
+
 
 def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None,
                    top_p: float | None = None) -> torch.Tensor:
@@ -34,6 +59,6 @@ def sample_rows(logits: torch.Tensor, generators: list[torch.Generator], rows: l
     if not rows:
         return {}
     if temperature == 0:
-        return {row: int(token) for row, token in zip(rows, logits[rows].argmax(dim=-1).tolist())}
+        return dict(zip(rows, greedy_tokens(logits[rows]).tolist()))
     probs = filtered_probs(logits[rows], temperature, top_k, top_p).cpu()
     return {row: int(torch.multinomial(probs[i], 1, generator=generators[row])) for i, row in enumerate(rows)}

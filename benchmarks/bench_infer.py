@@ -107,24 +107,40 @@ def kv_bytes(config: GPTConfig, length: int, itemsize: int) -> int:
     return sum(min(window, length) for window in config.window_sizes()) * per_position
 
 
-def decode(engine: Engine, rows: int, prompt_len: int, steps: int) -> dict:
-    batch = Batch(engine, rows, prompt_len + steps + 3)
-    for r in range(rows):
-        batch.add(prompt(engine, prompt_len, r), SamplingParams(max_tokens=steps + 3, temperature=0))
-    batch.step()  # warm-up: allocator, kernels
-    times = []
-    for _ in range(steps):
-        sync(engine.device)
-        started = time.perf_counter()
-        batch.step()
-        sync(engine.device)
-        times.append(time.perf_counter() - started)
-    step_s = statistics.median(times)  # a shared machine's slow steps say nothing about the batch size
-    itemsize = batch.cache.k.element_size()
-    read = weight_bytes_per_step(engine.model, rows) + rows * kv_bytes(engine.model.config, prompt_len + steps // 2,
-                                                                        itemsize)
-    return {"rows": rows, "tok_s": round(rows / step_s, 1), "step_ms": round(1000 * step_s, 2),
-            "bytes_per_step": read, "achieved_GB_s": round(read / step_s / 1e9, 2)}
+DECODE_RUN = 8  # consecutive decode steps per batch size per round (the first untimed)
+
+
+def decode(engine: Engine, batch_sizes: list[int], prompt_len: int, steps: int) -> list[dict]:
+    """Each batch size's median decode step. The batch sizes take turns, in runs of DECODE_RUN consecutive steps,
+    so a shared machine's slow spells fall on all of them alike and their ratios hold (one batch size after
+    another, the ratio of batch 32 to batch 1 moved by a tenth between runs on this CPU). A run's first step is
+    not timed: it reads weights the other batch sizes' steps pushed out of the CPU's caches, and a server decoding
+    one batch size steadily has them warm (timed, batch 1's step on this CPU went from 5.7 to 7.3 ms)."""
+    rounds = -(-steps // (DECODE_RUN - 1))
+    batches = []
+    for rows in batch_sizes:
+        batch = Batch(engine, rows, prompt_len + steps + rounds + 3)
+        for r in range(rows):
+            batch.add(prompt(engine, prompt_len, r), SamplingParams(max_tokens=steps + rounds + 3, temperature=0))
+        batches.append(batch)
+    times = {rows: [] for rows in batch_sizes}
+    for _ in range(rounds):
+        for rows, batch in zip(batch_sizes, batches):
+            batch.step()  # untimed: refills the caches
+            for _ in range(min(DECODE_RUN - 1, steps - len(times[rows]))):
+                sync(engine.device)
+                started = time.perf_counter()
+                batch.step()
+                sync(engine.device)
+                times[rows].append(time.perf_counter() - started)
+    results = []
+    for rows, batch in zip(batch_sizes, batches):
+        step_s = statistics.median(times[rows])  # a shared machine's slow steps say nothing about the batch size
+        read = weight_bytes_per_step(engine.model, rows) + rows * kv_bytes(
+            engine.model.config, prompt_len + steps // 2, batch.cache.k.element_size())
+        results.append({"rows": rows, "tok_s": round(rows / step_s, 1), "step_ms": round(1000 * step_s, 2),
+                        "bytes_per_step": read, "achieved_GB_s": round(read / step_s / 1e9, 2)})
+    return results
 
 
 def copy_bandwidth(device: torch.device, megabytes: int = 256) -> float:
@@ -298,12 +314,10 @@ def main() -> None:
     peak = peak_bandwidth(device_name(device)) if device.type == "cuda" else copy_bandwidth(device)
     report["peak_GB_s"] = round(peak / 1e9, 1) if peak else None
     report["peak_source"] = "datasheet" if device.type == "cuda" else "measured tensor copy"
-    report["decode"] = []
-    for rows in map(int, args.batch_sizes.split(",")):
-        result = decode(engine, rows, args.decode_prompt, args.steps)
+    report["decode"] = decode(engine, [int(n) for n in args.batch_sizes.split(",")], args.decode_prompt, args.steps)
+    for result in report["decode"]:
         result["bandwidth_utilisation"] = round(result["achieved_GB_s"] * 1e9 / peak, 3) if peak else None
-        report["decode"].append(result)
-        print(f"decode batch {rows}: {result['tok_s']:,} tok/s, step {result['step_ms']} ms, "
+        print(f"decode batch {result['rows']}: {result['tok_s']:,} tok/s, step {result['step_ms']} ms, "
               f"{result['achieved_GB_s']} GB/s read ({result['bandwidth_utilisation']} of peak)", flush=True)
     itemsize = torch.tensor([], dtype=engine.model.compute_dtype).element_size()
     config = engine.model.config

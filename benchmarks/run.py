@@ -116,9 +116,8 @@ def infer_rows(device: torch.device, quick: bool) -> list[tuple[str, str, str]]:
     peak = (bench_infer.peak_bandwidth(device_name(device)) if device.type == "cuda"
             else bench_infer.copy_bandwidth(device))
     rows = []
-    for batch in (1, 8, 32) if quick else (1, 8, 32, 128):
-        result = bench_infer.decode(engine, batch, 64, 4 if quick else 16)
-        rows.append((f"decode d4 batch {batch} (continuous batching)", f"{result['tok_s']:,} tok/s",
+    for result in bench_infer.decode(engine, [1, 8, 32] if quick else [1, 8, 32, 128], 64, 4 if quick else 16):
+        rows.append((f"decode d4 batch {result['rows']} (continuous batching)", f"{result['tok_s']:,} tok/s",
                      f"step {result['step_ms']} ms, {result['achieved_GB_s']} GB/s = "
                      f"{100 * result['achieved_GB_s'] * 1e9 / peak:.1f}% of {peak / 1e9:.1f} GB/s"))
     if not quick:

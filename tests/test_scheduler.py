@@ -150,6 +150,29 @@ def test_a_crowd_is_served_through_the_prefill_lane():
     assert scheduler.rows_taken == 0 and scheduler.reserved_tokens == 0
 
 
+def test_the_prefill_lane_prefills_one_request_at_a_time():
+    """A CPU's prefill costs about the same per token alone or together: the first of a crowd that arrived at once
+    does not wait for the others' prompts."""
+    scheduler = Scheduler(tiny_engine(), max_batch=4, max_batch_tokens=None, max_queue=4, prefill_threads=1)
+    prefill, sizes = scheduler.batch.prefill, []
+
+    def recorded_prefill(arrivals):
+        sizes.append(len(arrivals))
+        return prefill(arrivals)
+    scheduler.batch.prefill = recorded_prefill
+    deliveries = Deliveries()
+    try:
+        with scheduler.wakeup:  # the lane sees the whole crowd at once
+            for i in range(4):
+                scheduler.submit(list(range(1, PROMPT_TOKENS + 1)), SamplingParams(max_tokens=3, temperature=0),
+                                 deliveries.to(i))
+        deliveries.wait_for(4)
+    finally:
+        scheduler.stop()
+    assert sizes == [1, 1, 1, 1]
+    assert deliveries.counts(range(4)) == [3] * 4
+
+
 def test_the_prefill_lane_takes_half_a_cpus_threads_and_none_on_a_gpu():
     assert prefill_lane_threads(torch.device("cpu"), None, 2) == 1
     assert prefill_lane_threads(torch.device("cpu"), None, 16) == 8

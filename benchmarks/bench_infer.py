@@ -11,9 +11,13 @@ batch looks up, and each row's keys and values inside each layer's window) / ste
 the datasheet figure on a GPU (picochat/hardware.py), a measured tensor copy on a CPU. Decoding at small
 batches is bound by that bandwidth, which is why a batch of 32 costs about what a batch of 1 does.
 The load test starts the real server in its own process (as deployed) on a loopback port and keeps N streaming
-clients (coroutines on one event loop) busy for a fixed time, once with continuous batching (--max-batch N) and once without (--max-batch 1); a lone client
-gives the time-to-first-token to compare against. Each client draws its prompts and reply lengths from its own seeded
-generator, as chat traffic varies (--lockstep: identical requests, the worst case for time-to-first-token). The last line of output is one JSON object.
+clients (coroutines on one event loop) busy for a fixed time, once with continuous batching (--max-batch N) and
+once without (--max-batch 1); one client alone on the batching server gives the time to first token to compare
+against. Each client draws its prompts and reply lengths from its own seeded generator, as chat traffic varies
+(--lockstep: identical requests, the worst case for time to first token). A random model reads prompts through
+the tests' small tokenizer, about 4 tokens a word where a trained one takes 1-2, so its prompts are 2-3 times a
+chat's: `--run` a trained d4 (`picochat speedrun --preset cpu` makes one in minutes) for chat-sized prompts.
+The last line of output is one JSON object.
 """
 from __future__ import annotations
 
@@ -325,7 +329,7 @@ def main() -> None:
                                           * itemsize / 2**20, 2)
     report["ttft_alone_s"] = round(time_to_first_token(engine, args.decode_prompt, 3), 4)
     if args.clients:
-        lone = load_test(args, 1, args.seconds / 3, 1)
+        lone = load_test(args, 1, args.seconds / 3, args.clients)  # the batched server, one client
         batched = load_test(args, args.clients, args.seconds, args.clients)
         unbatched = load_test(args, args.clients, args.seconds, 1)
         report["server"] = {"lone_client": lone, "batched": batched, "unbatched": unbatched,

@@ -173,6 +173,36 @@ def test_the_prefill_lane_prefills_one_request_at_a_time():
     assert deliveries.counts(range(4)) == [3] * 4
 
 
+def test_the_decode_lane_prefills_a_newcomer_queued_behind_a_busy_prefill_lane():
+    """The prefill lane is held inside a prefill; a newcomer queued behind it gets its first token anyway, from
+    the decode lane, and both requests finish."""
+    scheduler = Scheduler(tiny_engine(), max_batch=4, max_batch_tokens=None, max_queue=4, prefill_threads=1)
+    prefill, gate, held = scheduler.batch.prefill, threading.Event(), threading.Event()
+
+    def gated_prefill(arrivals):
+        if threading.current_thread().name.startswith("picochat-prefill"):
+            held.set()
+            gate.wait(timeout=60)
+        return prefill(arrivals)
+    scheduler.batch.prefill = gated_prefill
+    deliveries, prompt = Deliveries(), list(range(1, PROMPT_TOKENS + 1))
+    try:
+        scheduler.submit(prompt, SamplingParams(max_tokens=3, temperature=0), deliveries.to("held"))
+        assert held.wait(timeout=60), "the prefill lane never took the first request"
+        scheduler.submit(prompt, SamplingParams(max_tokens=3, temperature=0), deliveries.to("newcomer"))
+        deadline = time.monotonic() + 60
+        while not deliveries.tokens["newcomer"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert deliveries.tokens["newcomer"], "the newcomer waited for the busy prefill lane"
+        assert not deliveries.tokens["held"]
+    finally:
+        gate.set()
+    deliveries.wait_for(2)
+    scheduler.stop()
+    assert deliveries.counts(["held", "newcomer"]) == [3, 3]
+    assert scheduler.rows_taken == 0 and scheduler.reserved_tokens == 0
+
+
 def test_the_prefill_lane_takes_half_a_cpus_threads_and_none_on_a_gpu():
     assert prefill_lane_threads(torch.device("cpu"), None, 2) == 1
     assert prefill_lane_threads(torch.device("cpu"), None, 16) == 8

@@ -226,9 +226,8 @@ def check_decode(ctx: Context) -> dict:
     peak = hardware.peak_bandwidth(ctx.name) if ctx.cuda else bench_infer.copy_bandwidth(ctx.device, 64)
     result = {"depth": ctx.sizes.depth, "peak_GB_s": peak and round(peak / 1e9, 1),
               "peak_source": "datasheet" if ctx.cuda else "measured tensor copy"}
-    for rows in ctx.sizes.decode_batches:
-        decoded = bench_infer.decode(engine, rows, 64, ctx.sizes.decode_steps)
-        result[f"batch{rows}"] = {"tok_s": decoded["tok_s"], "step_ms": decoded["step_ms"],
+    for decoded in bench_infer.decode(engine, list(ctx.sizes.decode_batches), 64, ctx.sizes.decode_steps):
+        result[f"batch{decoded['rows']}"] = {"tok_s": decoded["tok_s"], "step_ms": decoded["step_ms"],
                                   "bandwidth_utilisation": peak and round(decoded["achieved_GB_s"] * 1e9 / peak, 3)}
     return result
 

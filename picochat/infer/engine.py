@@ -113,10 +113,10 @@ class Engine:
     @torch.inference_mode()
     def prefill_together(self, prompts: list[list[int]]) -> tuple[torch.Tensor, KVCache]:
         """Prompts of any lengths in one forward, right-padded to the longest: each one's next-token logits
-        [k, V] (before the soft-cap) and a k-row cache holding each prompt at its own length. Requests arriving
-        together are prefilled together: one at a time, k newcomers would stall the batch k times (32 clients whose
-        replies end on the same step came back as a convoy of serial prefills), and on a CPU a short prompt costs a
-        forward's overhead whatever its length."""
+        [k, V] (before the soft-cap) and a k-row cache holding each prompt at its own length. Where the decode lane
+        prefills between its steps (a GPU), requests arriving together are prefilled together: one at a time, k
+        newcomers would stall the batch k times (32 clients whose replies end on the same step came back as a
+        convoy of serial prefills)."""
         lengths = [len(prompt) for prompt in prompts]
         longest = max(lengths)
         padded = [prompt + [prompt[-1]] * (longest - len(prompt)) for prompt in prompts]

@@ -10,9 +10,9 @@ def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """`logits.argmax(-1)` of [B, V] logits (the first maximum on a tie, as torch's), in either memory layout.
 
     On a CPU, torch's argmax over a vocabulary is a scalar loop: 32 rows of 32,768 logits took 1.6 ms on a
-    2-core AMD EPYC, 128 rows 14 ms, a tenth of a decode step. An elementwise maximum is vectorised, so each block of
-    ARGMAX_BLOCK logits is halved down to its maximum, each row's first best block is found, and the argmax runs
-    within that block alone: 0.4 and 1.3 ms (benchmarks/RESULTS.md)."""
+    2-core AMD EPYC, 128 rows 14 ms (a quarter of that decode step). An elementwise maximum is vectorised, so
+    each block of ARGMAX_BLOCK logits is halved down to its maximum, each row's first best block is found, and
+    the argmax runs within that block alone: 0.4 and 1.3 ms (benchmarks/RESULTS.md)."""
     rows, vocab = logits.shape
     whole = vocab - vocab % ARGMAX_BLOCK
     if logits.device.type != "cpu" or whole == 0:

@@ -4,9 +4,9 @@ A request waits in a bounded queue (full: 503) until the batch has rows for its 
 token budget (the KV positions its rows may fill: samples × (prompt + reply budget)); requests are admitted
 in arrival order, so a big one is not starved by small ones behind it, up to `prefill_chunk` prompt tokens at a
 time (the first one whatever its length), which are prefilled in one forward; the prefill lane (below) takes one
-request at a time. A newcomer's first token is
-delivered straight from its prefill; it joins the batch at the next step boundary, and between two steps the
-batch also drops requests whose client has gone, so their rows serve someone else at the next step.
+request at a time. A newcomer's first token is delivered straight from its prefill; it joins the batch at the
+next step boundary, and between two steps the batch also drops requests whose client has gone, so their rows
+serve someone else at the next step.
 
 On a CPU the prefill lane is a thread of its own with its own share of the cores (`prefill_threads`), so a
 newcomer's first token waits for one prefill, never for the decode step in flight: a 32-row step is longer than

@@ -44,6 +44,13 @@ class Deliveries:
         for _ in range(requests):
             assert self.finished.acquire(timeout=60), f"not every request finished: {dict(self.tokens)}"
 
+    def arrived(self, key, steps: int = 1, timeout: float = 60) -> bool:
+        """Whether `key` has had `steps` token steps within `timeout` seconds (polled: lanes deliver from threads)."""
+        deadline = time.monotonic() + timeout
+        while len(self.tokens[key]) < steps and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self.tokens[key]) >= steps
+
     def counts(self, keys) -> list[int]:
         return [len(self.tokens[key]) for key in keys]
 
@@ -117,16 +124,11 @@ def test_the_prefill_lane_answers_a_newcomer_while_a_decode_step_is_in_flight():
     deliveries, prompt = Deliveries(), list(range(1, PROMPT_TOKENS + 1))
     try:
         scheduler.submit(prompt, SamplingParams(max_tokens=40, temperature=0), deliveries.to("first"))
-        deadline = time.monotonic() + 60
-        while len(deliveries.tokens["first"]) < 3 and time.monotonic() < deadline:  # it is decoding
-            time.sleep(0.01)
+        assert deliveries.arrived("first", 3)  # it is decoding
         gate.clear()
         assert held.wait(timeout=60), "the decode lane never entered a step"
         scheduler.submit(prompt, SamplingParams(max_tokens=4, temperature=0), deliveries.to("newcomer"))
-        deadline = time.monotonic() + 60
-        while not deliveries.tokens["newcomer"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert deliveries.tokens["newcomer"], "the newcomer's first token waited for the decode step in flight"
+        assert deliveries.arrived("newcomer"), "the newcomer's first token waited for the decode step in flight"
         assert not gate.is_set()
     finally:
         gate.set()
@@ -190,10 +192,7 @@ def test_the_decode_lane_prefills_a_newcomer_queued_behind_a_busy_prefill_lane()
         scheduler.submit(prompt, SamplingParams(max_tokens=3, temperature=0), deliveries.to("held"))
         assert held.wait(timeout=60), "the prefill lane never took the first request"
         scheduler.submit(prompt, SamplingParams(max_tokens=3, temperature=0), deliveries.to("newcomer"))
-        deadline = time.monotonic() + 60
-        while not deliveries.tokens["newcomer"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert deliveries.tokens["newcomer"], "the newcomer waited for the busy prefill lane"
+        assert deliveries.arrived("newcomer"), "the newcomer waited for the busy prefill lane"
         assert not deliveries.tokens["held"]
     finally:
         gate.set()

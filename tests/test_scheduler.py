@@ -55,7 +55,8 @@ class Deliveries:
         return [len(self.tokens[key]) for key in keys]
 
 
-def serve_crowd(prefill_chunk: int, crowd: int = 4, max_tokens: int = 6, stats: list | None = None) -> list[tuple[int, int]]:
+def serve_crowd(prefill_chunk: int, crowd: int = 4, max_tokens: int = 6,
+                stats: list | None = None) -> list[tuple[int, int]]:
     """`crowd` requests queued at once; the order in which tokens reached them, as (request, its token count);
     the scheduler's stats at the end go into `stats`."""
     scheduler = Scheduler(tiny_engine(), max_batch=crowd, max_batch_tokens=None, max_queue=crowd,

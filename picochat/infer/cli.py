@@ -35,7 +35,8 @@ def chat_command(args: argparse.Namespace) -> None:
 def serve_command(args: argparse.Namespace) -> None:
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         raise PicochatError("`picochat serve` needs FastAPI and uvicorn: pip install -e '.[serve]'")
-    from picochat.infer.server import lane_threads, serve  # noqa: PLC0415  (the optional `serve` extra, loaded only here)
+    # the optional `serve` extra, loaded only here
+    from picochat.infer.server import lane_threads, serve  # noqa: PLC0415
 
     cfg = config_from_args(ServeConfig, args)
     check_serve_config(cfg)

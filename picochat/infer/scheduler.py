@@ -61,6 +61,7 @@ class Job:
     request: Request | None = None  # set once prefilled
     submitted: float = field(default_factory=time.monotonic)
 
+
 @dataclass
 class Throughput:
     """Tokens produced over the last RATE_WINDOW_S seconds."""

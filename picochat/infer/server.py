@@ -1,8 +1,8 @@
 """The HTTP server: a chat page at `/` and an OpenAI-compatible API (FastAPI + uvicorn).
 
 Each model copy (one per accelerator, `--workers`) has a scheduler whose lanes prefill newcomers and decode every
-request it holds in one continuous batch (picochat/infer/scheduler.py); a request goes to the least busy one. The event loop
-keeps accepting, validating and streaming, and cancels a request the moment its client disconnects.
+request it holds in one continuous batch (picochat/infer/scheduler.py); a request goes to the least busy one. The
+event loop keeps accepting, validating and streaming, and cancels a request the moment its client disconnects.
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ class Preset:
 
 PRESETS = {
     "cpu": Preset(
-        name="cpu", summary="d4 on a 2-core CPU in about 5 minutes (CORE adds a few), offline (pystdlib) when there is no network",
+        name="cpu",
+        summary="d4 on a 2-core CPU in about 5 minutes (CORE adds a few), offline (pystdlib) when there is no network",
         depth=4, shards=1, offline_fallback=True, vocab_size=4096, tokenizer_max_chars=5_000_000, gpus=0,
         train_args=("--head-dim", "64", "--window-pattern", "L", "--max-seq-len", "256",
                     "--device-batch-size", "8", "--total-batch-size", "2048", "--num-iterations", "200",

@@ -68,14 +68,14 @@ def load(args, device: torch.device) -> Engine:
     if args.run:
         from picochat.checkpoint import load_model_from_run  # noqa: PLC0415  (only with --run)
         from picochat.runtime import init_runtime  # noqa: PLC0415
-        model, tokenizer, _ = load_model_from_run(args.run, init_runtime(device.type), None)
+        model, tokenizer, _ = load_model_from_run(args.run, init_runtime(device.type, inference=True), None)
     else:
         tokenizer = WideTokenizer(tiny_tokenizer())
         torch.manual_seed(0)
         config = GPTConfig(depth=args.depth, vocab_size=32768, max_seq_len=args.context)
-        model = GPT(config, compute_dtype(device)).to(device)
+        model = GPT(config, compute_dtype(device, inference=True)).to(device)
         model.init_weights()
-    engine = Engine(model.eval(), tokenizer)
+    engine = Engine(model.for_inference(), tokenizer)
     engine.stop_ids = set()  # fixed-length replies: every step decodes every row
     return engine
 

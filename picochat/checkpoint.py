@@ -418,5 +418,4 @@ def load_model_from_run(name_or_path: str | Path, runtime, step: int | None = No
     model.to_empty(device=runtime.device)
     model.init_weights()  # rebuilds non-persistent buffers (rotary tables); weights are overwritten next
     model.load_state_dict(ckpt["model"], strict=True)
-    model.eval()
-    return model, Tokenizer.load(meta["tokenizer"]), meta
+    return model.for_inference(), Tokenizer.load(meta["tokenizer"]), meta

@@ -7,6 +7,7 @@ datasheets: MFU is reported against the bf16 peak, also when training in fp8.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from picochat.errors import PicochatError
 
@@ -67,3 +68,21 @@ def peak_bandwidth(device_name: str) -> float | None:
     """Datasheet peak memory bandwidth (bytes/s) of one device; None for a device not in the table."""
     found = find_accelerator(device_name)
     return None if found is None else found[1].bandwidth
+
+
+# x86 instructions that multiply bf16 natively, as Linux's /proc/cpuinfo names them: AVX512-BF16 (Cooper Lake,
+# Zen 4 and later) and AMX (Sapphire Rapids and later). oneDNN runs torch's bf16 matmuls on them.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 natively (read from /proc/cpuinfo, or `cpuinfo`; False where unreadable)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return any(flag in line.partition(":")[2].split() for flag in CPU_BF16_FLAGS)
+    return False

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from picochat.errors import PicochatError
+from picochat.hardware import cpu_has_native_bf16
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,8 +69,13 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def compute_dtype(device: torch.device, override: str | None = None) -> torch.dtype:
-    """bf16 on CUDA with SM >= 80, fp32 elsewhere; `PICOCHAT_DTYPE` overrides (no autocast: nanochat dev/LOG.md 2026-03-04)."""
+def compute_dtype(device: torch.device, override: str | None = None, inference: bool = False) -> torch.dtype:
+    """bf16 on CUDA with SM >= 80, fp32 elsewhere; `PICOCHAT_DTYPE` overrides (no autocast: nanochat dev/LOG.md 2026-03-04).
+
+    `inference` (chat, serve, the inference benchmark): also bf16 on a CPU that multiplies bf16 natively. Decoding
+    reads every weight once per step, so half the bytes is the larger win, and such a CPU's bf16 matmuls are the
+    faster ones: on a 2-core Zen 4, a d12's decode step took 34 / 88 ms at batch 1 / 32 in bf16 against 39 / 143 ms
+    in fp32 (benchmarks/RESULTS.md). Training and evaluation keep fp32 on a CPU, so their numbers compare."""
     name = override if override is not None else os.environ.get("PICOCHAT_DTYPE")
     if name:
         if name not in DTYPES:
@@ -78,6 +84,8 @@ def compute_dtype(device: torch.device, override: str | None = None) -> torch.dt
             )
         return DTYPES[name]
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.bfloat16
+    if inference and device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
 
@@ -92,8 +100,9 @@ def _torchrun_env() -> tuple[int, int, int]:
         raise RuntimeConfigError(f"torchrun's RANK/LOCAL_RANK/WORLD_SIZE are not integers: {e}") from e
 
 
-def init_runtime(device: str | None = None, seed: int | None = 0) -> Runtime:
-    """Pick the device and dtype, join the process group when launched by torchrun, seed."""
+def init_runtime(device: str | None = None, seed: int | None = 0, inference: bool = False) -> Runtime:
+    """Pick the device and dtype (`inference`: compute_dtype's rule for a model that only infers), join the
+    process group when launched by torchrun, seed."""
     rank, local_rank, world_size = _torchrun_env()
     device_type = device or autodetect_device_type()
     if device_type not in ("cuda", "mps", "cpu"):
@@ -110,7 +119,7 @@ def init_runtime(device: str | None = None, seed: int | None = 0) -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=dev if device_type == "cuda" else None)
-    runtime = Runtime(device=dev, dtype=compute_dtype(dev), rank=rank, local_rank=local_rank, world_size=world_size)
+    runtime = Runtime(device=dev, dtype=compute_dtype(dev, inference=inference), rank=rank, local_rank=local_rank, world_size=world_size)
     if seed is not None:
         seed_everything(seed)
     return runtime

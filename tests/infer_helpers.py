@@ -28,19 +28,20 @@ def tiny_tokenizer(vocab_size: int = 300):
 
 @torch.no_grad()
 def tiny_model(vocab_size: int, depth: int = 2, max_seq_len: int = 64, window_pattern: str = "SL",
-               seed: int = 0) -> GPT:
-    """A random GPT in which every path matters (the zero-initialised projections get weights too)."""
+               seed: int = 0, dtype: torch.dtype = torch.float32) -> GPT:
+    """A random GPT in which every path matters (the zero-initialised projections get weights too), computing
+    in `dtype` and ready for inference."""
     torch.manual_seed(seed)
     config = GPTConfig(depth=depth, vocab_size=vocab_size, aspect_ratio=32, head_dim=16,
                        max_seq_len=max_seq_len, window_pattern=window_pattern)
-    model = GPT(config)
+    model = GPT(config, dtype)
     model.init_weights()
     generator = torch.Generator().manual_seed(seed + 1)
     for name, p in model.named_parameters():
         if p.dim() == 2:
             noise = torch.randn(p.shape, generator=generator) / math.sqrt(p.size(1))
             p.copy_(noise * (3.0 if name == "lm_head.weight" else 1.0))
-    return model.eval()
+    return model.for_inference()
 
 
 class PacedModel(torch.nn.Module):

@@ -7,6 +7,7 @@ import torch
 
 from infer_helpers import tiny_model, tiny_tokenizer
 from picochat.checkpoint import run_dir, save_checkpoint
+from picochat.hardware import cpu_has_native_bf16
 from picochat.cli import main
 from picochat.infer.chat_cli import ChatConfig, chat_loop, run_chat
 from picochat.infer.engine import Batch, Engine, PromptTooLongError, SamplingParams, StreamDecoder
@@ -226,9 +227,20 @@ def decode_together(engine, jobs: list[tuple[list[int], SamplingParams, int]], m
     return outputs
 
 
-def test_requests_decoded_together_equal_each_decoded_alone(engine, tok):
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def serving_engine(request, tok, engine):
+    """The engine in each dtype `picochat serve` runs on a CPU: fp32, or bf16 where the CPU multiplies it natively."""
+    if request.param == "float32":
+        return engine
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX), so its server decodes in fp32")
+    return Engine(tiny_model(tok.vocab_size, max_seq_len=64, window_pattern="SL", dtype=torch.bfloat16), tok)
+
+
+def test_requests_decoded_together_equal_each_decoded_alone(serving_engine, tok):
     """Different prompt lengths (one past the S layer's 32-token window), greedy and seeded sampling with
     different filters, n = 2, joining at different steps and leaving at different lengths."""
+    engine = serving_engine
     jobs = [
         (prompt_ids(tok, 5), SamplingParams(max_tokens=20, temperature=0), 0),
         (prompt_ids(tok, 40), SamplingParams(max_tokens=12, temperature=1.0, top_k=20, seed=5, num_samples=2), 0),

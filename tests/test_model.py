@@ -120,6 +120,23 @@ def test_logits_are_soft_capped():
     torch.testing.assert_close(soft_cap(raw, config.softcap), logits.detach())
 
 
+def test_a_model_for_inference_holds_its_matrices_in_bf16_and_gives_the_same_logits():
+    """Linear keeps fp32 masters and casts them per forward; for_inference casts once, to the same weights."""
+    config = tiny_config(smear=True)
+    model = build(config, torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(std=p.size(1) ** -0.5)  # the zero-initialised projections count too
+        before = model(tokens(config, 2, 8))
+    model.for_inference()
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    with torch.no_grad():
+        assert torch.equal(model(tokens(config, 2, 8)), before)
+
+
 @pytest.mark.parametrize("window, q_start, T", [(3, 0, 8), (8, 0, 8), (3, 5, 4), (3, 7, 1), (20, 7, 1)])
 def test_causal_attention_sees_exactly_the_window(window, q_start, T):
     generator = torch.Generator().manual_seed(0)

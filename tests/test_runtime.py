@@ -6,6 +6,7 @@ import torch
 
 from picochat.config import add_config_args, config_from_args, explicit_fields
 from picochat.errors import PicochatError
+from picochat.hardware import cpu_has_native_bf16
 from picochat.runtime import compute_dtype, init_runtime, picochat_home, print0
 
 
@@ -18,6 +19,28 @@ def test_cpu_defaults_to_fp32(monkeypatch):
 def test_dtype_override(monkeypatch, name, dtype):
     monkeypatch.setenv("PICOCHAT_DTYPE", name)
     assert compute_dtype(torch.device("cpu")) == dtype
+
+
+ZEN4_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+SKYLAKE_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert cpu_has_native_bf16(ZEN4_FLAGS)
+    assert cpu_has_native_bf16(SKYLAKE_FLAGS.replace("avx512_vnni", "amx_bf16 amx_tile"))
+    assert not cpu_has_native_bf16(SKYLAKE_FLAGS)
+    assert not cpu_has_native_bf16("processor\t: 0\nmodel name\t: avx512_bf16 in a name, not a flag\n")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_inference_on_a_cpu_takes_bf16_only_where_it_is_native(monkeypatch, native):
+    monkeypatch.delenv("PICOCHAT_DTYPE", raising=False)
+    monkeypatch.setattr("picochat.runtime.cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert compute_dtype(cpu, inference=True) == (torch.bfloat16 if native else torch.float32)
+    assert compute_dtype(cpu) == torch.float32  # training and evaluation keep fp32
+    monkeypatch.setenv("PICOCHAT_DTYPE", "float32")
+    assert compute_dtype(cpu, inference=True) == torch.float32
 
 
 def test_unknown_dtype_is_refused_with_the_allowed_names(monkeypatch):

@@ -21,7 +21,7 @@ def load_engine(run: str, step: int | None, device: str | None) -> tuple[Engine,
     """The thin boundary between a run on disk and the engine, which takes (model, tokenizer) objects."""
     if not run:
         raise PicochatError("--run is required: the name of a run under `picochat_home()/runs` or a checkpoint path")
-    runtime = init_runtime(device)
+    runtime = init_runtime(device, inference=True)
     model, tokenizer, meta = load_model_from_run(run, runtime, step)
     return Engine(model, tokenizer), meta
 
@@ -46,7 +46,8 @@ def serve_command(args: argparse.Namespace) -> None:
     engines = worker_engines(*load_engine(cfg.run, cfg.step, cfg.device)[:1], cfg.workers)
     model_name = cfg.model_name or Path(cfg.run).name
     prefill = f"a prefill lane of {lanes} thread(s) beside decoding" if lanes else "prefills between decode steps"
-    print0(f"serve: {model_name} on {', '.join(str(e.device) for e in engines)}, context "
+    dtype = str(engines[0].model.compute_dtype).removeprefix("torch.")
+    print0(f"serve: {model_name} on {', '.join(str(e.device) for e in engines)} in {dtype}, context "
            f"{engines[0].context_length} tokens, batches of up to {cfg.max_batch} rows, {prefill}; "
            f"chat at http://{cfg.host}:{cfg.port}/ and the API at http://{cfg.host}:{cfg.port}/v1")
     serve(engines, model_name, cfg)

@@ -298,9 +298,10 @@ class GPT(nn.Module):
         as W·xᵀ: MKL runs x·Wᵀ several times slower there (2 rows of a 32,768 × 256 head: 9.5 ms against 1.8 ms on
         a 2-core AMD EPYC, benchmarks/RESULTS.md); a single row goes as two, since one row takes the slow
         matrix-vector path in either form. Many rows (an evaluation's whole sequences) keep x·Wᵀ, whose logits
-        come out row-major for the reductions over the vocabulary that follow."""
+        come out row-major for the reductions over the vocabulary that follow. Only fp32 has the slow path: bf16
+        goes to oneDNN, which takes either form at the same speed."""
         rows = x.reshape(-1, x.size(-1))
-        if x.device.type != "cpu" or rows.size(0) > INFERENCE_HEAD_MAX_ROWS:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or rows.size(0) > INFERENCE_HEAD_MAX_ROWS:
             return self.lm_head(x)
         weight = self.lm_head.weight.to(x.dtype)
         columns = torch.cat([rows, rows]) if rows.size(0) == 1 else rows
@@ -410,6 +411,19 @@ class GPT(nn.Module):
             kv_cache.keep_embedding(x[:, -1] if last is None else x[torch.arange(B, device=x.device), last])
         gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(self.smear_gate(x[..., :SMEAR_GATE_CHANNELS]))
         return x + gate * previous
+
+    def for_inference(self) -> GPT:
+        """This model in eval mode, without gradients, its matrices stored in the compute dtype.
+
+        Training keeps fp32 master weights for the optimizer, and `Linear` casts them to the compute dtype on each
+        forward. A model that only infers would pay that cast on every decode step: under bf16 it reads 4 bytes a
+        weight, writes 2 and reads those 2 again, where 2 are needed (on a CPU the casts were a third of a batch-1
+        step, benchmarks/RESULTS.md). Casting once gives the same weights bit for bit, so the logits do not change."""
+        self.requires_grad_(False)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.weight.data = module.weight.data.to(self.compute_dtype)
+        return self.eval()
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The optimizer's groups (ARCHITECTURE.md); every parameter is in exactly one."""

@@ -1,5 +1,5 @@
 """Peak dense matmul throughput and memory bandwidth per accelerator, for MFU, time estimates and the
-bandwidth utilisation of decoding (no torch needed).
+bandwidth utilisation of decoding, and whether a CPU multiplies bf16 natively (no torch needed).
 
 Figures are the vendors' dense (no sparsity) tensor-core peaks, from the vendors'
 datasheets: MFU is reported against the bf16 peak, also when training in fp8.

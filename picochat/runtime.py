@@ -74,7 +74,7 @@ def compute_dtype(device: torch.device, override: str | None = None, inference: 
 
     `inference` (chat, serve, the inference benchmark): also bf16 on a CPU that multiplies bf16 natively. Decoding
     reads every weight once per step, so half the bytes is the larger win, and such a CPU's bf16 matmuls are the
-    faster ones: on a 2-core Zen 4, a d12's decode step took 34 / 88 ms at batch 1 / 32 in bf16 against 39 / 143 ms
+    faster ones: on a 2-core Zen 4, a d12's decode step took 36 / 90 ms at batch 1 / 32 in bf16 against 42 / 144 ms
     in fp32 (benchmarks/RESULTS.md). Training and evaluation keep fp32 on a CPU, so their numbers compare."""
     name = override if override is not None else os.environ.get("PICOCHAT_DTYPE")
     if name:

@@ -70,7 +70,8 @@ def device_name(device: torch.device) -> str:
 
 
 def compute_dtype(device: torch.device, override: str | None = None, inference: bool = False) -> torch.dtype:
-    """bf16 on CUDA with SM >= 80, fp32 elsewhere; `PICOCHAT_DTYPE` overrides (no autocast: nanochat dev/LOG.md 2026-03-04).
+    """bf16 on CUDA with SM >= 80, fp32 elsewhere; `PICOCHAT_DTYPE` overrides (no autocast: nanochat dev/LOG.md
+    2026-03-04).
 
     `inference` (chat, serve, the inference benchmark): also bf16 on a CPU that multiplies bf16 natively. Decoding
     reads every weight once per step, so half the bytes is the larger win, and such a CPU's bf16 matmuls are the
@@ -119,7 +120,8 @@ def init_runtime(device: str | None = None, seed: int | None = 0, inference: boo
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=dev if device_type == "cuda" else None)
-    runtime = Runtime(device=dev, dtype=compute_dtype(dev, inference=inference), rank=rank, local_rank=local_rank, world_size=world_size)
+    dtype = compute_dtype(dev, inference=inference)
+    runtime = Runtime(device=dev, dtype=dtype, rank=rank, local_rank=local_rank, world_size=world_size)
     if seed is not None:
         seed_everything(seed)
     return runtime

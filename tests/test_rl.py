@@ -6,12 +6,16 @@ import json
 import pytest
 import torch
 
+from picochat.infer.engine import Engine, SamplingParams
+from picochat.model.config import GPTConfig
+from picochat.model.gpt import GPT
 from picochat.post.packing import IGNORE
 from picochat.post.config import RLConfig, SFTConfig
 from picochat.post.policy_gradient import advantages, collate, pg_examples, policy_gradient_loss, sampled_mask
-from picochat.post.rl import rl
+from picochat.post.rl import refresh, rl, rollout_model
 from picochat.post.sft import sft
 from picochat.train.metrics import read_metrics
+from infer_helpers import tiny_tokenizer
 from post_helpers import base_home, losses, run_killed_at  # noqa: F401  (base_home: a module-scoped fixture)
 
 OUT_START, OUT_END = 100, 101
@@ -94,3 +98,25 @@ def test_rl_killed_mid_run_resumes_to_the_same_losses(base_home, add_sft):
     records = read_metrics(base_home / "runs" / "rl-whole" / "metrics.jsonl")
     assert [r["step"] for r in records if "heldout_pass@k" in r] == [2, 4]
     assert all(r["flops"] > 0 and r["mfu"] > 0 for r in records)  # sampling and training FLOPs counted
+
+
+def test_rollouts_in_bf16_decode_a_copy_that_samples_what_the_training_model_would():
+    """The copy holds bf16 matrices; after a training step, a refresh makes it sample the new weights' tokens."""
+    tok = tiny_tokenizer()
+    model = GPT(GPTConfig(depth=2, vocab_size=tok.vocab_size, aspect_ratio=32, head_dim=16, max_seq_len=64),
+                torch.bfloat16)
+    model.init_weights()
+    policy = rollout_model(model)
+    assert policy is not model and policy.lm_head.weight.dtype == torch.bfloat16
+    assert model.lm_head.weight.dtype == torch.float32 and model.lm_head.weight.requires_grad
+    prompt, params = [tok.bos_id, *tok.encode("What is 3 + 4?")], SamplingParams(max_tokens=12, seed=3, num_samples=3)
+    with torch.no_grad():
+        for p in model.parameters():  # a training step's worth of change, everywhere
+            p.add_(torch.randn_like(p) * 0.05)
+    refresh(policy, model)
+    trained, rolled_out = Engine(model, tok), Engine(policy, tok)
+    for engine in (trained, rolled_out):
+        engine.stop_ids = set()  # every row writes all 12 tokens
+    assert list(rolled_out.generate(prompt, params)) == list(trained.generate(prompt, params))
+    fp32 = GPT(model.config)
+    assert rollout_model(fp32) is fp32  # in fp32 the cast is free: the rollouts decode the training model

@@ -8,14 +8,18 @@ problems. Held-out problems are scored by pass@k every `eval_every` steps.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import time
+
+import torch
 
 from picochat.errors import PicochatError
 from picochat.eval.chat import evaluate_generative
 from picochat.infer.engine import Engine, SamplingParams
 from picochat.model.accounting import flops_per_token
+from picochat.model.gpt import GPT
 from picochat.post import generated
 from picochat.post.base import PostRun, post_meta, post_optimizer, start_post_run
 from picochat.post.config import RL_NON_NEGATIVE, RL_POSITIVE, TASKS, RLConfig
@@ -65,13 +69,34 @@ def sample_problems(engine: Engine, problems: list[dict], indices: range, cfg: R
     return examples, rewards, solved, sampled
 
 
+def rollout_model(model: GPT) -> GPT:
+    """What the rollouts decode with: the training model itself in fp32; under a lower compute dtype, a copy that
+    holds its matrices in that dtype (`GPT.for_inference`), refreshed from the training weights before each rollout.
+    Decoding the training model would cast every fp32 master weight on every decode step (read 4 bytes, write 2,
+    read 2, where 2 do); the refresh casts once a step. The cast is the same, so the samples are the ones the
+    training model would draw, token for token (tests/test_rl.py); a d4 in bf16 on a CPU, 8 samples of 64 tokens,
+    rolled out in 433 ms against 487 ms (benchmarks/RESULTS.md)."""
+    if model.compute_dtype == torch.float32:
+        return model
+    return copy.deepcopy(model).for_inference()
+
+
+@torch.no_grad()
+def refresh(policy: GPT, model: GPT) -> None:
+    """The rollout copy takes the training model's current weights (nothing to do when they are one model)."""
+    if policy is not model:
+        for target, source in zip(policy.parameters(), model.parameters(), strict=True):
+            target.copy_(source)
+
+
 class RL:
     loss_fn = staticmethod(policy_gradient_loss)
 
     def __init__(self, run: PostRun, problems: list[dict], held_out: list[dict]):
         self.cfg, self.run, self.model, self.tokenizer = run.cfg, run, run.base.model, run.base.tokenizer
         self.problems, self.held_out, self.mean_rewards = problems, held_out, []
-        self.engine = Engine(self.model, self.tokenizer)
+        self.policy = rollout_model(self.model)
+        self.engine = Engine(self.policy, self.tokenizer)
         self.tool_output = (self.tokenizer.special_id("<|output_start|>"), self.tokenizer.special_id("<|output_end|>"))
         self.forward_flops = flops_per_token(self.model.config, self.model.config.max_seq_len) / 3  # ~2N a token
 
@@ -81,6 +106,7 @@ class RL:
         start = time.perf_counter()
         first = step * cfg.problems_per_step
         mine = range(first + runtime.rank, first + cfg.problems_per_step, runtime.world_size)
+        refresh(self.policy, self.model)
         examples, rewards, solved, sampled = sample_problems(self.engine, self.problems, mine, cfg, *self.tool_output)
         self.model.train()
         trained = sum(len(inputs) for inputs, _, _ in examples)
@@ -99,6 +125,7 @@ class RL:
 
     def pass_at_k(self) -> dict:
         cfg = self.cfg
+        refresh(self.policy, self.model)
         result = evaluate_generative(self.engine, scorer(cfg.task), self.held_out, cfg.samples_per_problem,
                                      cfg.max_new_tokens, cfg.temperature, cfg.top_k, seed=cfg.seed + 1)
         self.model.train()

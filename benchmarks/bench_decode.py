@@ -35,10 +35,11 @@ from picochat.runtime import compute_dtype  # noqa: E402
 
 def build_model(depth: int, vocab_size: int, max_seq_len: int, device: torch.device) -> GPT:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(depth=depth, vocab_size=vocab_size, max_seq_len=max_seq_len), compute_dtype(device))
+    config = GPTConfig(depth=depth, vocab_size=vocab_size, max_seq_len=max_seq_len)
+    model = GPT(config, compute_dtype(device, inference=True))  # the dtype `picochat serve` decodes in
     model.to(device)
     model.init_weights()
-    return model.eval()
+    return model.for_inference()
 
 
 def synchronize(device: torch.device) -> None:
@@ -126,7 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "threads": torch.get_num_threads(), "depth": args.depth}
+              "threads": torch.get_num_threads(), "depth": args.depth,
+              "dtype": str(compute_dtype(device, inference=True)).removeprefix("torch.")}
     if args.batch_sizes:
         report["decode"] = bench_decode(args, device)
     if args.requests:

@@ -105,8 +105,9 @@ def tokenizer_row(dataset, tokenizer, quick: bool) -> tuple[str, str, str]:
 def decode_row(device: torch.device, quick: bool) -> tuple[str, str, str]:
     args = SimpleNamespace(depth=4, prompt_len=64, new_tokens=16 if quick else 64, batch_sizes=[1])
     result = bench_decode.bench_decode(args, device)["batch1"]
+    dtype = str(compute_dtype(device, inference=True)).removeprefix("torch.")
     return ("decode d4 batch 1, KV cache", f"{result['kv_cache_tok_s']:,.1f} tok/s",
-            f"{result['speedup']}x over no cache; prompt 64, {args.new_tokens} new tokens")
+            f"{result['speedup']}x over no cache; prompt 64, {args.new_tokens} new tokens; {dtype}")
 
 
 def infer_rows(device: torch.device, quick: bool) -> list[tuple[str, str, str]]:

@@ -52,6 +52,7 @@ def test_health_and_models(base_url):
     health = get(f"{base_url}/health")
     assert health["status"] == "ok" and health["waiting"] == 0 and health["active_rows"] == 0
     assert [w["max_batch"] for w in health["workers"]] == [32] and "tokens_per_s" in health
+    assert (health["device"], health["dtype"]) == ("cpu", "float32")  # the fixture's model computes in fp32
     models = get(f"{base_url}/v1/models")
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == [MODEL]
 

@@ -52,7 +52,8 @@ class ChatService:
     def health(self) -> dict:
         workers = [scheduler.stats() for scheduler in self.schedulers]
         totals = {key: sum(w[key] for w in workers) for key in ("waiting", "active_requests", "active_rows")}
-        return {"status": "ok", "model": self.model_name, **totals,
+        dtype = str(self.engine.model.compute_dtype).removeprefix("torch.")
+        return {"status": "ok", "model": self.model_name, "device": str(self.engine.device), "dtype": dtype, **totals,
                 "tokens_per_s": round(sum(w["tokens_per_s"] for w in workers), 1), "workers": workers}
 
     def prepare(self, request: ChatRequest) -> tuple[list[int], SamplingParams]:

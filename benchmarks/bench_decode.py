@@ -30,7 +30,7 @@ from picochat.infer.engine import Engine, SamplingParams  # noqa: E402
 from picochat.infer.limits import ServeConfig  # noqa: E402
 from picochat.model.config import GPTConfig  # noqa: E402
 from picochat.model.gpt import GPT  # noqa: E402
-from picochat.runtime import compute_dtype  # noqa: E402
+from picochat.runtime import compute_dtype, dtype_name  # noqa: E402
 
 
 def build_model(depth: int, vocab_size: int, max_seq_len: int, device: torch.device) -> GPT:
@@ -128,7 +128,7 @@ def main() -> None:
     device = torch.device(args.device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "threads": torch.get_num_threads(), "depth": args.depth,
-              "dtype": str(compute_dtype(device, inference=True)).removeprefix("torch.")}
+              "dtype": dtype_name(compute_dtype(device, inference=True))}
     if args.batch_sizes:
         report["decode"] = bench_decode(args, device)
     if args.requests:

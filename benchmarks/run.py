@@ -37,7 +37,7 @@ from picochat.eval.core import evaluate_core
 from picochat.model.accounting import flops_per_token
 from picochat.model.config import GPTConfig
 from picochat.model.gpt import GPT
-from picochat.runtime import autodetect_device_type, compute_dtype, device_name, tokenizers_dir
+from picochat.runtime import autodetect_device_type, compute_dtype, device_name, dtype_name, tokenizers_dir
 from picochat.tokenizer import Tokenizer, train_tokenizer
 from picochat.train.mfu import measure_matmul_flops, peak_flops
 
@@ -105,7 +105,7 @@ def tokenizer_row(dataset, tokenizer, quick: bool) -> tuple[str, str, str]:
 def decode_row(device: torch.device, quick: bool) -> tuple[str, str, str]:
     args = SimpleNamespace(depth=4, prompt_len=64, new_tokens=16 if quick else 64, batch_sizes=[1])
     result = bench_decode.bench_decode(args, device)["batch1"]
-    dtype = str(compute_dtype(device, inference=True)).removeprefix("torch.")
+    dtype = dtype_name(compute_dtype(device, inference=True))
     return ("decode d4 batch 1, KV cache", f"{result['kv_cache_tok_s']:,.1f} tok/s",
             f"{result['speedup']}x over no cache; prompt 64, {args.new_tokens} new tokens; {dtype}")
 

@@ -21,6 +21,11 @@ from picochat.hardware import cpu_has_native_bf16
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16: the name PICOCHAT_DTYPE takes and runs record."""
+    return str(dtype).removeprefix("torch.")
+
+
 class RuntimeConfigError(PicochatError):
     """A runtime setting (device, dtype, distributed environment) that cannot be honoured."""
 
@@ -49,7 +54,7 @@ class Runtime:
         return {
             "device": str(self.device),
             "device_name": device_name(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.dtype),
             "rank": self.rank,
             "world_size": self.world_size,
         }

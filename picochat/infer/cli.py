@@ -14,7 +14,7 @@ from picochat.errors import PicochatError
 from picochat.infer.chat_cli import ChatConfig, run_chat
 from picochat.infer.engine import Engine
 from picochat.infer.limits import ServeConfig, check_serve_config
-from picochat.runtime import autodetect_device_type, init_runtime, print0
+from picochat.runtime import autodetect_device_type, dtype_name, init_runtime, print0
 
 
 def load_engine(run: str, step: int | None, device: str | None) -> tuple[Engine, dict]:
@@ -46,8 +46,7 @@ def serve_command(args: argparse.Namespace) -> None:
     engines = worker_engines(*load_engine(cfg.run, cfg.step, cfg.device)[:1], cfg.workers)
     model_name = cfg.model_name or Path(cfg.run).name
     prefill = f"a prefill lane of {lanes} thread(s) beside decoding" if lanes else "prefills between decode steps"
-    dtype = str(engines[0].model.compute_dtype).removeprefix("torch.")
-    print0(f"serve: {model_name} on {', '.join(str(e.device) for e in engines)} in {dtype}, context "
+    print0(f"serve: {model_name} on {', '.join(str(e.device) for e in engines)} in {dtype_name(engines[0].model.compute_dtype)}, context "
            f"{engines[0].context_length} tokens, batches of up to {cfg.max_batch} rows, {prefill}; "
            f"chat at http://{cfg.host}:{cfg.port}/ and the API at http://{cfg.host}:{cfg.port}/v1")
     serve(engines, model_name, cfg)

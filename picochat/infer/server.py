@@ -26,6 +26,7 @@ from picochat.infer.engine import Engine, PromptTooLongError, SamplingParams, St
 from picochat.infer.scheduler import END, Scheduler, prefill_lane_threads
 from picochat.infer.limits import (MAX_BODY_BYTES, ChatRequest, HostGuard, RequestError, ServeConfig, TokenBucket,
                                    parse_chat_request)
+from picochat.runtime import dtype_name
 from picochat.tokenizer.chat import ConversationError, render_for_completion
 
 INDEX_HTML = Path(__file__).parent / "static" / "index.html"
@@ -52,8 +53,8 @@ class ChatService:
     def health(self) -> dict:
         workers = [scheduler.stats() for scheduler in self.schedulers]
         totals = {key: sum(w[key] for w in workers) for key in ("waiting", "active_requests", "active_rows")}
-        dtype = str(self.engine.model.compute_dtype).removeprefix("torch.")
-        return {"status": "ok", "model": self.model_name, "device": str(self.engine.device), "dtype": dtype, **totals,
+        return {"status": "ok", "model": self.model_name, "device": str(self.engine.device),
+                "dtype": dtype_name(self.engine.model.compute_dtype), **totals,
                 "tokens_per_s": round(sum(w["tokens_per_s"] for w in workers), 1), "workers": workers}
 
     def prepare(self, request: ChatRequest) -> tuple[list[int], SamplingParams]:

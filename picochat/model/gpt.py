@@ -303,7 +303,7 @@ class GPT(nn.Module):
         rows = x.reshape(-1, x.size(-1))
         if x.device.type != "cpu" or x.dtype != torch.float32 or rows.size(0) > INFERENCE_HEAD_MAX_ROWS:
             return self.lm_head(x)
-        weight = self.lm_head.weight.to(x.dtype)
+        weight = self.lm_head.weight  # fp32, as x
         columns = torch.cat([rows, rows]) if rows.size(0) == 1 else rows
         return (weight @ columns.t()).t()[:rows.size(0)].reshape(*x.shape[:-1], -1)
 

@@ -24,6 +24,7 @@ from picochat.post import generated
 from picochat.post.base import PostRun, post_meta, post_optimizer, start_post_run
 from picochat.post.config import RL_NON_NEGATIVE, RL_POSITIVE, TASKS, RLConfig
 from picochat.post.policy_gradient import advantages, collate, pg_examples, policy_gradient_loss, sample_rows
+from picochat.runtime import dtype_name
 from picochat.tasks.base import Task, answer_text, prompt_conversation
 from picochat.tasks.gsm8k import Gsm8kTask
 from picochat.tasks.spelling import SpellingTask
@@ -150,7 +151,7 @@ def rl(cfg: RLConfig, explicit: set[str] | None = None) -> dict:
         raise PicochatError(f"--task {cfg.task!r} is not known; the RL tasks are {', '.join(TASKS)}")
     run = start_post_run(cfg, explicit, RL_POSITIVE, RL_NON_NEGATIVE)
     cfg = run.cfg = dataclasses.replace(run.cfg, run=run.cfg.run_name(), device=run.runtime.device.type,
-                                        dtype=str(run.runtime.dtype).removeprefix("torch."))
+                                        dtype=dtype_name(run.runtime.dtype))
     if cfg.problems_per_step % run.runtime.world_size:
         raise PicochatError(f"--problems-per-step {cfg.problems_per_step} does not split over {run.runtime.world_size} "
                             f"processes; use a multiple of {run.runtime.world_size}")

@@ -21,7 +21,7 @@ from picochat.post.config import SFT_NON_NEGATIVE, SFT_POSITIVE, SFTConfig
 from picochat.post.mixture import load_mixture, mixture_conversations
 from picochat.post.packing import render_all, sft_batches, sft_eval_batches
 from picochat.post.sources import IDENTITY_FILE, SourceContext
-from picochat.runtime import print0
+from picochat.runtime import dtype_name, print0
 from picochat.tasks import TASK_NAMES, TaskDataError, get_task
 from picochat.train.loop import Evaluation, LoopPlan, StepWork, run_stage
 from picochat.train.setup import check_batch, record_run
@@ -36,7 +36,7 @@ def resolve(cfg: SFTConfig, run: PostRun, train_tokens: int) -> SFTConfig:
                             f"{run.base.model.config.max_seq_len}; use at most that")
     cfg = dataclasses.replace(cfg, max_seq_len=seq_len, device_batch_size=cfg.device_batch_size or base_cfg.device_batch_size,
                               total_batch_size=cfg.total_batch_size or base_cfg.total_batch_size, run=cfg.run_name(),
-                              device=runtime.device.type, dtype=str(runtime.dtype).removeprefix("torch."),
+                              device=runtime.device.type, dtype=dtype_name(runtime.dtype),
                               compile=runtime.device.type == "cuda" if cfg.compile is None else cfg.compile)
     return cfg if cfg.num_iterations else dataclasses.replace(cfg, num_iterations=max(1, math.ceil(train_tokens / cfg.total_batch_size)))
 

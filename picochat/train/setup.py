@@ -22,7 +22,7 @@ from picochat.config import format_config, save_config
 from picochat.data.dataset import Dataset, open_dataset
 from picochat.errors import PicochatError
 from picochat.model.config import GPTConfig
-from picochat.runtime import Runtime, print0
+from picochat.runtime import Runtime, dtype_name, print0
 from picochat.scaling import Plan, load_constants, make_plan
 from picochat.tokenizer import Tokenizer
 from picochat.train.build import check_fp8, default_compile, model_config
@@ -130,7 +130,7 @@ def resolve(cfg: TrainConfig, plan: Plan, tokenizer: Tokenizer, runtime: Runtime
         "tokenizer": tokenizer.name, "run": cfg.run_name(), "num_iterations": plan.num_steps,
         "total_batch_size": plan.total_batch_size, "weight_decay": plan.weight_decay,
         "warmup_steps": plan.warmup_steps, "ratio": None if cfg.target_flops else plan.constants.ratio,
-        "device": runtime.device.type, "dtype": str(runtime.dtype).removeprefix("torch."),
+        "device": runtime.device.type, "dtype": dtype_name(runtime.dtype),
         "compile": default_compile(runtime.device.type, plan.flops_per_token * plan.tokens,
                                    cpu_peak_flops()[0] if runtime.device.type == "cpu" else None),
         **{field: plan.learning_rates[group] for group, field in LR_FIELDS.items()},
